@@ -1,0 +1,174 @@
+"""The `citeloop` command line: one command per job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import citeloop  # noqa: F401  (offline switches first)
+
+app = typer.Typer(help="citeloop: grounded question answering over your documents.", no_args_is_help=True)
+collections_app = typer.Typer(help="List and delete collections.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate retrieval and answers.", no_args_is_help=True)
+app.add_typer(collections_app, name="collections")
+app.add_typer(eval_app, name="eval")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories (.md .rst .txt .html .pdf, corpus.jsonl[.gz], JSONL rows).")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to add the documents to.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Add or update documents; unchanged files are skipped, changed files replace their chunks."""
+    from retrieval.ingest import IngestError, ingest as run_ingest
+    from retrieval.readers import read_paths
+
+    try:
+        report = run_ingest(read_paths(paths), collection, show_progress=not quiet)
+    except IngestError as exc:
+        fail(str(exc))
+    for skipped in report.skipped:
+        err.print(f"[yellow]skipped[/] {skipped.name}: {skipped.reason}")
+    console.print(
+        f"collection [bold]{collection}[/]: {len(report.ingested)} ingested, {report.unchanged} unchanged, "
+        f"{len(report.skipped)} skipped; {report.chunks_embedded} chunks embedded, {report.total_chunks} in the index "
+        f"({report.seconds:.1f} s)"
+    )
+
+
+@app.command("delete-document")
+def delete_document(
+    doc_ids: Annotated[list[str], typer.Argument(help="Document ids as `collections list --documents` shows them.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+) -> None:
+    """Remove documents from a collection and from both indexes."""
+    from retrieval.ingest import IngestError, delete_documents
+
+    try:
+        report = delete_documents(collection, doc_ids)
+    except IngestError as exc:
+        fail(str(exc))
+    console.print(f"deleted {len(report.deleted)} document(s); {report.total_chunks} chunks remain in '{collection}'")
+
+
+@collections_app.command("list")
+def collections_list() -> None:
+    """Collections with their document and chunk counts."""
+    from citeloop.catalog import list_collections
+
+    table = Table("collection", "documents", "chunks", "index build", "dense index", "updated")
+    for c in list_collections():
+        table.add_row(c.name, str(c.documents), str(c.chunks), c.build_id or "-", c.dense_index or "-", c.updated or "-")
+    console.print(table)
+
+
+@collections_app.command("delete")
+def collections_delete(
+    name: Annotated[str, typer.Argument(help="Collection to delete with all its documents and indexes.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a collection, its documents and its index files."""
+    from retrieval.ingest import delete_collection
+
+    if not yes and not typer.confirm(f"Delete collection '{name}' and all its documents?"):
+        raise typer.Exit(1)
+    if not delete_collection(name):
+        fail(f"no collection named '{name}'")
+    console.print(f"deleted collection '{name}'")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="Results to show.")] = 10,
+    mode: Annotated[str, typer.Option("--mode", help="hybrid, dense or bm25.")] = "hybrid",
+    filter_: Annotated[Optional[str], typer.Option("--filter", help='Metadata equality filter as JSON, e.g. {"lang": "en"}.')] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """First-stage retrieval: the best chunks with their per-stage scores and ranks."""
+    from dataclasses import asdict
+
+    from retrieval.retriever import MODES, CollectionRetriever, UnknownCollectionError
+
+    if mode not in MODES:
+        fail(f"--mode must be one of {', '.join(MODES)}")
+    filters = None
+    if filter_:
+        try:
+            filters = json.loads(filter_)
+        except json.JSONDecodeError as exc:
+            fail(f"--filter is not valid JSON: {exc.msg}")
+        if not isinstance(filters, dict):
+            fail("--filter must be a JSON object")
+    try:
+        results = CollectionRetriever(collection).search(query, k=k, mode=mode, filters=filters)  # type: ignore[arg-type]
+    except UnknownCollectionError as exc:
+        fail(str(exc))
+    if as_json:
+        console.print_json(json.dumps([asdict(r) for r in results]))
+        return
+    table = Table("#", "score", "stages", "document", "text")
+    for r in results:
+        stages = " ".join(f"{name}:{s.rank}" for name, s in r.stages.items())
+        snippet = " ".join(r.text.split())[:160]
+        table.add_row(str(r.rank), f"{r.score:.4f}", stages, r.doc_id, snippet)
+    console.print(table)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    directory: Annotated[Path, typer.Argument(help="BEIR directory: corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv.")],
+    split: Annotated[str, typer.Option("--split", help="Which qrels file to score.")] = "test",
+    stages: Annotated[str, typer.Option("--stages", help="Comma-separated: bm25,dense,hybrid.")] = "bm25,dense,hybrid",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
+) -> None:
+    """nDCG@10, Recall@100 and MRR@10 per stage on a BEIR-format data set."""
+    from eval.beir import BeirFormatError
+    from eval.retrieval import evaluate_retrieval
+
+    names = [s.strip() for s in stages.split(",") if s.strip()]
+    try:
+        metrics = evaluate_retrieval(directory, split, names, show_progress=True)
+    except (BeirFormatError, ValueError) as exc:
+        fail(str(exc))
+    table = Table("stage", "nDCG@10", "Recall@100", "MRR@10", "queries", title=f"{directory} ({split})")
+    for stage, m in metrics.items():
+        table.add_row(stage, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}", str(m["queries"]))
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default CITELOOP_HOST).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default CITELOOP_PORT).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes.")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    from citeloop.config import get_settings
+
+    settings = get_settings()
+    uvicorn.run("api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port, workers=workers)
+
+
+if __name__ == "__main__":
+    app()

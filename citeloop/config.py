@@ -1,0 +1,69 @@
+"""Settings, read from ``CITELOOP_*`` environment variables (and a ``.env`` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITELOOP_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Database, indexes and model artifacts.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite at DATA_DIR/citeloop.db.")
+    cache_dir: Path | None = Field(
+        None, description="Derived model files shared by all checkouts; default $XDG_CACHE_HOME/citeloop."
+    )
+    embedder_backend: Literal["torch", "onnx"] = Field(
+        "torch", description="Inference backend of the embedder."
+    )
+    embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    embed_max_tokens: int = Field(256, ge=16, le=512, description="Embedder truncation length in tokens.")
+    chunk_size: int = Field(200, ge=32, le=512, description="Chunk length in embedder tokens.")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
+    hnsw_min_chunks: int = Field(200_000, ge=1, description="Collections at least this large get an HNSW index.")
+    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree.")
+    hnsw_ef_search: int = Field(128, ge=8, description="HNSW search breadth.")
+    fusion: Literal["rrf", "minmax"] = Field("rrf", description="How dense and BM25 rankings are fused.")
+    rrf_k: int = Field(60, ge=1, description="RRF constant: score = sum of w / (k + rank).")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in fusion.")
+    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in fusion.")
+    candidates: int = Field(100, ge=1, description="Chunks each first stage returns before fusion.")
+    bm25_method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = Field(
+        "lucene", description="bm25s scoring variant."
+    )
+    default_collection: str = Field("python-docs", description="Collection `make run` ingests and serves.")
+    host: str = Field("127.0.0.1", description="Address the API binds.")
+    port: int = Field(8000, description="Port the API binds.")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'citeloop.db').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return self.cache_dir
+        import os
+
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "citeloop"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Grounded answer generation (issue 4): a local generator writes answers citing retrieved chunks as [n]."""

@@ -1,0 +1,97 @@
+"""The one embedder loader: all-MiniLM-L6-v2 from its PyPI package, verified, offline."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from functools import lru_cache
+
+import citeloop  # noqa: F401  (sets HF_HUB_OFFLINE before sentence-transformers is imported)
+import numpy as np
+from citeloop.config import Settings, get_settings
+from citeloop.modelpkg import MINILM, sha256_file
+
+EMBEDDER_ID = "all-MiniLM-L6-v2"
+
+
+class Embedder:
+    """Dense text encoder producing L2-normalised float32 vectors (inner product = cosine)."""
+
+    def __init__(self, settings: Settings):
+        from sentence_transformers import SentenceTransformer
+
+        source = MINILM.verified_path()
+        self.backend = settings.embedder_backend
+        if self.backend == "onnx":
+            model = SentenceTransformer(
+                str(_onnx_copy(source, settings)),
+                device="cpu",
+                backend="onnx",
+                model_kwargs={"file_name": "onnx/model.onnx"},
+            )
+        else:
+            model = SentenceTransformer(str(source), device="cpu")
+        model.max_seq_length = settings.embed_max_tokens
+        self.model = model
+        self.batch_size = settings.embed_batch_size
+        self.tokenizer = model.tokenizer
+        self.dim = model.get_embedding_dimension()
+        self.model_id = f"{EMBEDDER_ID}/{self.backend}"
+        # Torch modules are not safe to call from several threads at once.
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def embed(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return _cached_query_vector(self, text)
+
+
+@lru_cache(maxsize=4096)
+def _cached_query_vector(embedder: Embedder, text: str) -> np.ndarray:
+    vector = embedder.embed([text])[0]
+    vector.setflags(write=False)
+    return vector
+
+
+def _onnx_copy(source, settings: Settings):
+    """Export the verified weights to ONNX once, into the shared model cache."""
+    from sentence_transformers import SentenceTransformer
+
+    target = settings.model_cache_dir / f"{EMBEDDER_ID}-{sha256_file(source / 'model.safetensors')[:12]}-onnx"
+    if (target / "onnx" / "model.onnx").is_file():
+        return target
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    SentenceTransformer(str(staging), device="cpu", backend="onnx").save_pretrained(str(staging))
+    (staging / "model.safetensors").unlink()
+    staging.rename(target)
+    return target
+
+
+_instances: dict[tuple, Embedder] = {}
+_instances_lock = threading.Lock()
+
+
+def load_embedder(settings: Settings | None = None) -> Embedder:
+    """Shared embedder instance per configuration (model loads take seconds; do them once)."""
+    settings = settings or get_settings()
+    key = (settings.embedder_backend, settings.embed_max_tokens, settings.embed_batch_size, str(settings.model_cache_dir))
+    with _instances_lock:
+        if key not in _instances:
+            _instances[key] = Embedder(settings)
+        return _instances[key]

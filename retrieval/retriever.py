@@ -1,0 +1,201 @@
+"""First-stage retrieval of a collection: dense (FAISS), sparse (BM25) and their fusion.
+
+Every result carries its chunk, its document, and the score and rank it got at each stage.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import select
+
+from citeloop.config import Settings, get_settings
+from citeloop.db import Chunk, Collection, Document, IndexBuild, session_scope
+from retrieval.embedder import load_embedder
+from retrieval.fusion import minmax_fusion, reciprocal_rank_fusion
+from retrieval.index import LoadedIndex
+
+Mode = Literal["dense", "bm25", "hybrid"]
+MODES: tuple[Mode, ...] = ("dense", "bm25", "hybrid")
+
+
+class UnknownCollectionError(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class StageScore:
+    score: float
+    rank: int  # 1-based rank within that stage's list
+
+
+@dataclass
+class RetrievedChunk:
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    char_start: int
+    char_end: int
+    metadata: dict[str, Any]
+    score: float  # of the final stage
+    rank: int
+    stages: dict[str, StageScore] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Row:
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    char_start: int
+    char_end: int
+    metadata: dict[str, Any]
+
+
+def _matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    """Equality on each key; a list value means any of its members."""
+    for key, wanted in filters.items():
+        value = metadata.get(key)
+        if isinstance(wanted, (list, tuple, set)):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+class CollectionRetriever:
+    """Searches the active index build of one collection; reloads when a new build becomes active."""
+
+    def __init__(self, collection: str, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self.collection = collection
+        self.embedder = load_embedder(self.settings)
+        self._lock = threading.Lock()
+        self._index: LoadedIndex | None = None
+        self._rows: list[_Row] = []
+        self.refresh()
+
+    @property
+    def build_id(self) -> str | None:
+        return self._index.build_id if self._index else None
+
+    def refresh(self) -> None:
+        """Load the active build if it is not the one in memory (a cheap query when nothing changed)."""
+        with session_scope(self.settings) as session:
+            collection = session.scalar(select(Collection).where(Collection.name == self.collection))
+            if collection is None:
+                raise UnknownCollectionError(f"no collection named '{self.collection}'")
+            build = session.scalar(
+                select(IndexBuild).where(IndexBuild.collection_id == collection.id, IndexBuild.status == "active")
+            )
+            if build is None or (self._index and self._index.build_id == build.id):
+                if build is None:
+                    self._index, self._rows = None, []
+                return
+            index = LoadedIndex.load(build.id, Path(build.path), self.settings)
+            found = {
+                r.id: r
+                for r in session.execute(
+                    select(Chunk.id, Chunk.text, Chunk.char_start, Chunk.char_end, Document.doc_id, Document.title, Document.meta)
+                    .join(Document)
+                    .where(Document.collection_id == collection.id)
+                )
+            }
+        rows = [
+            _Row(cid, r.doc_id, r.title, r.text, r.char_start, r.char_end, r.meta or {})
+            for cid in index.chunk_ids
+            if (r := found.get(cid)) is not None
+        ]
+        if len(rows) != len(index.chunk_ids):
+            raise RuntimeError(f"index build {build.id} of '{self.collection}' names chunks missing from the database")
+        with self._lock:
+            self._index, self._rows = index, rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        mode: Mode = "hybrid",
+        candidates: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[RetrievedChunk]:
+        if mode not in MODES:
+            raise ValueError(f"unknown retrieval mode '{mode}'; use one of {', '.join(MODES)}")
+        index, rows = self._index, self._rows
+        if index is None or not rows or not query.strip():
+            return []
+        depth = max(k, candidates or self.settings.candidates)
+        allowed = None
+        if filters:
+            allowed = np.array([i for i, r in enumerate(rows) if _matches(r.metadata, filters)], dtype=np.int64)
+            if allowed.size == 0:
+                return []
+        stage_lists: dict[str, list[tuple[int, float]]] = {}
+        if mode in ("dense", "hybrid"):
+            found, scores = index.dense.search(self.embedder.embed_query(query), depth, allowed)
+            stage_lists["dense"] = list(zip(found.tolist(), scores.tolist()))
+        if mode in ("bm25", "hybrid") and index.bm25 is not None:
+            mask = None
+            if allowed is not None:
+                mask = np.zeros(len(rows), dtype=bool)
+                mask[allowed] = True
+            found, scores = index.bm25.search(query, depth, mask)
+            stage_lists["bm25"] = list(zip(found.tolist(), scores.tolist()))
+
+        stages: dict[int, dict[str, StageScore]] = {}
+        for name, ranking in stage_lists.items():
+            for rank, (row, score) in enumerate(ranking, start=1):
+                stages.setdefault(row, {})[name] = StageScore(float(score), rank)
+        if mode == "hybrid":
+            final = self._fuse(stage_lists)
+            for rank, (row, score) in enumerate(final, start=1):
+                stages[row]["hybrid"] = StageScore(score, rank)
+        else:
+            final = stage_lists.get(mode, [])
+        results = []
+        for rank, (row, score) in enumerate(final[:k], start=1):
+            r = rows[row]
+            results.append(
+                RetrievedChunk(r.chunk_id, r.doc_id, r.title, r.text, r.char_start, r.char_end, r.metadata, float(score), rank, stages[row])
+            )
+        return results
+
+    def _fuse(self, stage_lists: dict[str, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+        weights = {"dense": self.settings.dense_weight, "bm25": self.settings.bm25_weight}
+        if self.settings.fusion == "rrf":
+            return reciprocal_rank_fusion(stage_lists, weights, self.settings.rrf_k)
+        return minmax_fusion(stage_lists, weights)
+
+
+class RetrieverRegistry:
+    """One retriever per collection for a long-running process; each checks for a newer build on use."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self._retrievers: dict[str, CollectionRetriever] = {}
+        self._lock = threading.Lock()
+
+    def get(self, collection: str) -> CollectionRetriever:
+        with self._lock:
+            retriever = self._retrievers.get(collection)
+            if retriever is None:
+                retriever = self._retrievers[collection] = CollectionRetriever(collection, self.settings)
+                return retriever
+        try:
+            retriever.refresh()
+        except UnknownCollectionError:
+            with self._lock:
+                self._retrievers.pop(collection, None)
+            raise
+        return retriever
