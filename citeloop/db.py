@@ -116,6 +116,15 @@ def get_engine(settings: Settings | None = None) -> Engine:
         return _engines[url]
 
 
+def dispose_engine(settings: Settings) -> None:
+    """Close the pooled connections of a URL (before dropping its database, or at shutdown)."""
+    with _engines_lock:
+        engine = _engines.pop(settings.sqlalchemy_url, None)
+    if engine is not None:
+        _sessionmakers.pop(id(engine), None)
+        engine.dispose()
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -43,9 +43,9 @@ def is_supported(path: Path) -> bool:
     return is_rows_file(path) or path.suffix.lower() in FILE_SUFFIXES
 
 
-def expand_paths(paths: list[Path]) -> Iterator[tuple[Path, str] | Skipped]:
+def expand_paths(paths: list[Path | str]) -> Iterator[tuple[Path, str] | Skipped]:
     """(file, doc_id) pairs: a file in a directory is named by its path relative to that directory."""
-    for path in paths:
+    for path in map(Path, paths):
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 if any(part.startswith(".") for part in file.relative_to(path).parts):
@@ -60,7 +60,7 @@ def expand_paths(paths: list[Path]) -> Iterator[tuple[Path, str] | Skipped]:
             yield Skipped(str(path), "no such file or directory")
 
 
-def read_paths(paths: list[Path]) -> Iterator[SourceDocument | Skipped]:
+def read_paths(paths: list[Path | str]) -> Iterator[SourceDocument | Skipped]:
     for item in expand_paths(paths):
         if isinstance(item, Skipped):
             yield item

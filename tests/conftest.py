@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,31 +15,41 @@ from sqlalchemy import create_engine, text
 
 import citeloop  # noqa: F401
 from citeloop.config import Settings
+from citeloop.db import dispose_engine
 
 REPO = Path(__file__).resolve().parent.parent
 SCIFACT = REPO / "corpora" / "scifact"
 PG_URL = os.environ.get("CITELOOP_TEST_PG_URL")
 
 
-def _pg_database() -> str:
-    """A fresh database on the test server, so runs never see each other's rows."""
+@contextmanager
+def _pg_database() -> Iterator[str]:
+    """A fresh database on the test server, so runs never see each other's rows; dropped afterwards."""
     name = f"citeloop_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(Settings(database_url=PG_URL).sqlalchemy_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return PG_URL.rsplit("/", 1)[0] + "/" + name
+    url = PG_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        dispose_engine(Settings(database_url=url))
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request, tmp_path) -> Settings:
+def settings(request, tmp_path) -> Iterator[Settings]:
     """Settings on a fresh database of each kind. PostgreSQL runs when CITELOOP_TEST_PG_URL is set and
     then must be reachable: an unreachable server fails the test instead of skipping it."""
     if request.param == "postgresql":
         if not PG_URL:
             pytest.skip("CITELOOP_TEST_PG_URL is not set (CI sets it)")
-        return Settings(data_dir=tmp_path / "var", database_url=_pg_database())
-    return Settings(data_dir=tmp_path / "var")
+        with _pg_database() as url:
+            yield Settings(data_dir=tmp_path / "var", database_url=url)
+        return
+    yield Settings(data_dir=tmp_path / "var")
 
 
 @pytest.fixture

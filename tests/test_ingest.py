@@ -144,9 +144,12 @@ def test_hnsw_index_above_the_configured_size(sqlite_settings, tmp_path):
 CRASH_SCRIPT = """
 import sys
 from citeloop.config import Settings
+from retrieval.embedder import load_embedder
 from retrieval.ingest import ingest
 from retrieval.readers import read_paths
 settings = Settings(data_dir=sys.argv[1], database_url=sys.argv[2] or None)
+load_embedder(settings)
+print("ready", flush=True)
 ingest(read_paths([sys.argv[3]]), "kb", settings)
 """
 
@@ -159,29 +162,30 @@ def test_ingest_killed_midway_keeps_previous_state(settings, tmp_path, moment):
     before = assert_consistent(settings, "kb")
 
     big = tmp_path / "big.jsonl"
-    big.write_text("".join(json.dumps(r) + "\n" for r in scifact_sample(400)))
+    big.write_text("".join(json.dumps(r) + "\n" for r in scifact_sample(120)))
     proc = subprocess.Popen(
         [sys.executable, "-c", CRASH_SCRIPT, str(settings.data_dir), settings.database_url or "", str(big)],
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    assert proc.stdout.readline().strip() == b"ready", proc.stderr.read().decode()[-2000:]
     index_dir = settings.index_dir
     deadline = time.time() + 300
     if moment == "embedding":
-        # Chunks exist only in memory while embedding: kill once the embedder is busy.
-        time.sleep(25)
+        # Chunks and vectors exist only in memory while chunking and embedding 120 abstracts (~20 s).
+        time.sleep(4)
     else:
         while time.time() < deadline and not any(p.name.startswith(".staging-") for p in index_dir.rglob(".staging-*")):
             time.sleep(0.02)
-    assert proc.poll() is None, "ingest finished before it could be killed"
+    assert proc.poll() is None, f"ingest ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
     assert assert_consistent(settings, "kb") == before
     # The next ingest completes and clears what the killed one left behind.
     report = ingest(read_paths([big]), "kb", settings)
-    assert len(report.ingested) == 400
-    assert len(assert_consistent(settings, "kb")) == 405
+    assert len(report.ingested) == 120
+    assert len(assert_consistent(settings, "kb")) == 125
     leftovers = [p for p in index_dir.rglob("*") if p.name.startswith(".staging-")]
     assert leftovers == []

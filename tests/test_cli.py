@@ -1,0 +1,38 @@
+"""The CLI as a user runs it: bad input gets a message naming the file or field, and a non-zero exit."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run_cli(*args, data_dir):
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(data_dir))
+    return subprocess.run([sys.executable, "-m", "citeloop.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_ingest_search_and_errors_from_the_command_line(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "kettle.md").write_text("# Kettle\n\nDescale the kettle with vinegar once a month.\n")
+    (docs / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    data = tmp_path / "var"
+
+    out = run_cli("ingest", str(docs), "--collection", "home", "--quiet", data_dir=data)
+    assert out.returncode == 0, out.stderr
+    assert "latin1.txt" in out.stderr and "UTF-8" in out.stderr
+    assert "1 ingested" in out.stdout
+
+    found = run_cli("search", "how to descale", "--collection", "home", "--json", data_dir=data)
+    assert found.returncode == 0, found.stderr
+    assert '"doc_id": "kettle.md"' in found.stdout
+
+    missing = run_cli("search", "x", "--collection", "nope", data_dir=data)
+    assert missing.returncode == 1 and "no collection named 'nope'" in missing.stderr
+
+    bad_filter = run_cli("search", "x", "--collection", "home", "--filter", "{oops", data_dir=data)
+    assert bad_filter.returncode == 1 and "--filter" in bad_filter.stderr
+
+    no_qrels = run_cli("eval", "retrieval", str(docs), "--split", "test", data_dir=data)
+    assert no_qrels.returncode == 1 and "corpus.jsonl" in no_qrels.stderr
