@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         None, description="Derived model files shared by all checkouts; default $XDG_CACHE_HOME/citeloop."
     )
-    embedder_backend: Literal["torch", "onnx"] = Field(
+    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
         "torch", description="Inference backend of the embedder."
     )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,6 @@ def corpus_file(directory: Path) -> Path:
         if (directory / name).is_file():
             return directory / name
     raise BeirFormatError(f"{directory}: no corpus.jsonl or corpus.jsonl.gz")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_split(directory: Path, split: str) -> BeirSplit:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from citeloop.config import Settings, get_settings
 from citeloop.progress import progress_bar
-from eval.beir import file_sha256, load_split
+from citeloop.modelpkg import sha256_file
+from eval.beir import corpus_file, load_split
 from retrieval.embedder import EMBEDDER_ID
 from retrieval.retriever import MODES, CollectionRetriever
 
@@ -18,7 +19,7 @@ RUN_DEPTH = 100  # documents ranked per query: enough for Recall@100
 def eval_collection_name(corpus: Path, settings: Settings) -> str:
     """A throwaway collection per corpus content and chunking settings, reused across runs."""
     key = ":".join(
-        [file_sha256(corpus), str(settings.chunk_size), str(settings.chunk_overlap), settings.bm25_method, EMBEDDER_ID, settings.embedder_backend]
+        [sha256_file(corpus), str(settings.chunk_size), str(settings.chunk_overlap), settings.bm25_method, EMBEDDER_ID, settings.embedder_backend]
     )
     return f"eval-{corpus.parent.name}-{sha256(key.encode()).hexdigest()[:12]}"
 
@@ -27,7 +28,6 @@ def ensure_eval_collection(directory: Path, settings: Settings | None = None, sh
     from citeloop.catalog import list_collections
     from retrieval.ingest import ingest
     from retrieval.readers import read_rows
-    from eval.beir import corpus_file
 
     settings = settings or get_settings()
     corpus = corpus_file(Path(directory))

@@ -1,0 +1,25 @@
+"""The one embedder loader: normalised vectors, and ONNX backends that agree with torch."""
+
+import numpy as np
+
+from retrieval.embedder import load_embedder
+
+SENTENCES = ["How do I open a file in Python?", "Foxes are omnivores.", "The mitochondria is the powerhouse of the cell."]
+
+
+def test_vectors_are_normalised_and_loaders_are_shared(sqlite_settings):
+    embedder = load_embedder(sqlite_settings)
+    assert load_embedder(sqlite_settings) is embedder
+    vectors = embedder.embed(SENTENCES)
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(embedder.embed_query(SENTENCES[0]), vectors[0], atol=1e-5)
+
+
+def test_onnx_backends_are_exported_once_and_match_torch(sqlite_settings, tmp_path):
+    reference = load_embedder(sqlite_settings).embed(SENTENCES)
+    for backend, min_cosine in (("onnx", 0.9999), ("onnx-int8", 0.95)):
+        settings = sqlite_settings.model_copy(update={"embedder_backend": backend, "cache_dir": tmp_path / "cache"})
+        vectors = load_embedder(settings).embed(SENTENCES)
+        assert (vectors * reference).sum(axis=1).min() > min_cosine, backend
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one export serves both backends
