@@ -5,7 +5,6 @@ Every result carries its chunk, its document, and the score and rank it got at e
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,14 +77,13 @@ class CollectionRetriever:
         self.settings = settings or get_settings()
         self.collection = collection
         self.embedder = load_embedder(self.settings)
-        self._lock = threading.Lock()
-        self._index: LoadedIndex | None = None
-        self._rows: list[_Row] = []
+        # Index and rows are swapped together in one assignment, so a concurrent search sees one build.
+        self._state: tuple[LoadedIndex, list[_Row]] | None = None
         self.refresh()
 
     @property
     def build_id(self) -> str | None:
-        return self._index.build_id if self._index else None
+        return self._state[0].build_id if self._state else None
 
     def refresh(self) -> None:
         """Load the active build if it is not the one in memory (a cheap query when nothing changed)."""
@@ -96,9 +94,10 @@ class CollectionRetriever:
             build = session.scalar(
                 select(IndexBuild).where(IndexBuild.collection_id == collection.id, IndexBuild.status == "active")
             )
-            if build is None or (self._index and self._index.build_id == build.id):
-                if build is None:
-                    self._index, self._rows = None, []
+            if build is None:
+                self._state = None
+                return
+            if self.build_id == build.id:
                 return
             index = LoadedIndex.load(build.id, Path(build.path), self.settings)
             found = {
@@ -116,11 +115,10 @@ class CollectionRetriever:
         ]
         if len(rows) != len(index.chunk_ids):
             raise RuntimeError(f"index build {build.id} of '{self.collection}' names chunks missing from the database")
-        with self._lock:
-            self._index, self._rows = index, rows
+        self._state = (index, rows)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._state[1]) if self._state else 0
 
     def search(
         self,
@@ -132,9 +130,9 @@ class CollectionRetriever:
     ) -> list[RetrievedChunk]:
         if mode not in MODES:
             raise ValueError(f"unknown retrieval mode '{mode}'; use one of {', '.join(MODES)}")
-        index, rows = self._index, self._rows
-        if index is None or not rows or not query.strip():
+        if self._state is None or not query.strip():
             return []
+        index, rows = self._state
         depth = max(k, candidates or self.settings.candidates)
         allowed = None
         if filters:
@@ -176,26 +174,3 @@ class CollectionRetriever:
         if self.settings.fusion == "rrf":
             return reciprocal_rank_fusion(stage_lists, weights, self.settings.rrf_k)
         return minmax_fusion(stage_lists, weights)
-
-
-class RetrieverRegistry:
-    """One retriever per collection for a long-running process; each checks for a newer build on use."""
-
-    def __init__(self, settings: Settings | None = None):
-        self.settings = settings or get_settings()
-        self._retrievers: dict[str, CollectionRetriever] = {}
-        self._lock = threading.Lock()
-
-    def get(self, collection: str) -> CollectionRetriever:
-        with self._lock:
-            retriever = self._retrievers.get(collection)
-            if retriever is None:
-                retriever = self._retrievers[collection] = CollectionRetriever(collection, self.settings)
-                return retriever
-        try:
-            retriever.refresh()
-        except UnknownCollectionError:
-            with self._lock:
-                self._retrievers.pop(collection, None)
-            raise
-        return retriever
