@@ -74,7 +74,7 @@ def _onnx_copy(source, settings: Settings):
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
     target = settings.model_cache_dir / f"{EMBEDDER_ID}-{sha256_file(source / 'model.safetensors')[:12]}-onnx"
-    if (target / "onnx" / "model.onnx").is_file():
+    if all((target / name).is_file() for name in ONNX_FILES.values()):
         return target
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

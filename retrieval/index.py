@@ -68,9 +68,7 @@ def _fsync(path: Path) -> None:
         for child in path.iterdir():
             if child.is_file():
                 _fsync(child)
-        fd = os.open(path, os.O_RDONLY)
-    else:
-        fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
