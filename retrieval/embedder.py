@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from functools import lru_cache
+from pathlib import Path
 
 import citeloop  # noqa: F401  (sets HF_HUB_OFFLINE before sentence-transformers is imported)
 import numpy as np
@@ -12,8 +14,23 @@ from citeloop.config import Settings, get_settings
 from citeloop.modelpkg import MINILM, sha256_file
 
 EMBEDDER_ID = "all-MiniLM-L6-v2"
-# ONNX Runtime exports: fp32, and int8 dynamic quantisation for AVX2 CPUs (faster, slightly different vectors).
-ONNX_FILES = {"onnx": "onnx/model.onnx", "onnx-int8": "onnx/model_quint8_avx2.onnx"}
+
+
+def _int8_target() -> str:
+    """The int8 kernel family of this CPU: VNNI dot-product instructions make int8 ~2.5x faster than fp32 torch."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "avx2"
+    return "avx512_vnni" if " avx512_vnni" in flags or " avx_vnni" in flags else "avx2"
+
+
+INT8_TARGET = _int8_target()
+# ONNX Runtime exports: fp32, and int8 dynamic quantisation for this CPU (faster, slightly different vectors).
+ONNX_FILES = {
+    "onnx": "onnx/model.onnx",
+    "onnx-int8": "onnx/model_qint8_avx512_vnni.onnx" if INT8_TARGET == "avx512_vnni" else "onnx/model_quint8_avx2.onnx",
+}
 
 
 class Embedder:
@@ -76,14 +93,20 @@ def _onnx_copy(source, settings: Settings):
     target = settings.model_cache_dir / f"{EMBEDDER_ID}-{sha256_file(source / 'model.safetensors')[:12]}-onnx"
     if all((target / name).is_file() for name in ONNX_FILES.values()):
         return target
-    staging = target.with_name(target.name + ".partial")
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
     exported = SentenceTransformer(str(staging), device="cpu", backend="onnx")
     exported.save_pretrained(str(staging))
-    export_dynamic_quantized_onnx_model(exported, "avx2", str(staging))
+    export_dynamic_quantized_onnx_model(exported, INT8_TARGET, str(staging))
     (staging / "model.safetensors").unlink()
-    staging.rename(target)
+    # A cache exported on another CPU lacks this CPU's int8 file and is replaced; if another process
+    # finished the same export first, its copy is as good as ours.
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from citeloop.config import Settings, get_settings
@@ -239,22 +239,32 @@ def _apply(session: Session, collection_id: int, new_docs: dict[str, _NewDocumen
         session.execute(
             delete(Document).where(Document.collection_id == collection_id, Document.doc_id.in_(sorted(replaced)))
         )
-    for doc in new_docs.values():
-        row = Document(
-            collection_id=collection_id,
-            doc_id=doc.source.doc_id,
-            source=doc.source.source,
-            title=doc.source.title,
-            sha256=doc.sha256,
-            meta=doc.source.metadata,
-            text=doc.source.text,
-        )
-        session.add(row)
-        session.flush()
-        session.add_all(
-            Chunk(id=cid, document_id=row.id, ordinal=s.ordinal, text=s.text, char_start=s.char_start, char_end=s.char_end)
-            for cid, s in zip(doc.chunk_ids, doc.spans)
-        )
+    if not new_docs:
+        return
+    # Bulk INSERT ... RETURNING (one statement per table, not one flush per document).
+    inserted = session.execute(
+        insert(Document).returning(Document.id, Document.doc_id, sort_by_parameter_order=True),
+        [
+            {
+                "collection_id": collection_id,
+                "doc_id": doc.source.doc_id,
+                "source": doc.source.source,
+                "title": doc.source.title,
+                "sha256": doc.sha256,
+                "meta": doc.source.metadata,
+                "text": doc.source.text,
+            }
+            for doc in new_docs.values()
+        ],
+    ).all()
+    session.execute(
+        insert(Chunk),
+        [
+            {"id": cid, "document_id": row.id, "ordinal": s.ordinal, "text": s.text, "char_start": s.char_start, "char_end": s.char_end}
+            for row in inserted
+            for cid, s in zip(new_docs[row.doc_id].chunk_ids, new_docs[row.doc_id].spans)
+        ],
+    )
 
 
 def _active_build_id(session: Session, collection_id: int) -> str | None:
