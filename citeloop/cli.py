@@ -17,6 +17,10 @@ collections_app = typer.Typer(help="List and delete collections.", no_args_is_he
 eval_app = typer.Typer(help="Evaluate retrieval and answers.", no_args_is_help=True)
 app.add_typer(collections_app, name="collections")
 app.add_typer(eval_app, name="eval")
+train_app = typer.Typer(help="Train models from labelled data.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models")
 
 console = Console()
 err = Console(stderr=True)
@@ -134,17 +138,20 @@ def search(
 def eval_retrieval(
     directory: Annotated[Path, typer.Argument(help="BEIR directory: corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv.")],
     split: Annotated[str, typer.Option("--split", help="Which qrels file to score.")] = "test",
-    stages: Annotated[str, typer.Option("--stages", help="Comma-separated: bm25,dense,hybrid.")] = "bm25,dense,hybrid",
+    stages: Annotated[str, typer.Option("--stages", help="Comma-separated: bm25,dense,hybrid,rerank.")] = "bm25,dense,hybrid",
+    reranker: Annotated[str, typer.Option("--reranker", help="Version id for the rerank stage, or 'active'.")] = "active",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 per stage on a BEIR-format data set."""
+    from citeloop.registry import RegistryError, get_version
     from eval.beir import BeirFormatError
     from eval.retrieval import evaluate_retrieval
 
     names = [s.strip() for s in stages.split(",") if s.strip()]
     try:
-        metrics = evaluate_retrieval(directory, split, names, show_progress=True)
-    except (BeirFormatError, ValueError) as exc:
+        version = get_version(reranker, kind="reranker") if "rerank" in names and reranker != "active" else None
+        metrics = evaluate_retrieval(directory, split, names, show_progress=True, reranker=version)
+    except (BeirFormatError, ValueError, RegistryError) as exc:
         fail(str(exc))
     table = Table("stage", "nDCG@10", "Recall@100", "MRR@10", "queries", title=f"{directory} ({split})")
     for stage, m in metrics.items():
@@ -153,6 +160,93 @@ def eval_retrieval(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+@train_app.command("reranker")
+def train_reranker_command(
+    beir: Annotated[Path, typer.Option("--beir", help="BEIR directory whose qrels label the training queries.")],
+    split: Annotated[str, typer.Option("--split", help="Qrels split to train on (part is held out for the gate).")] = "train",
+    promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
+    loss: Annotated[str, typer.Option("--loss", help="mnrl, cached-mnrl or bce.")] = "mnrl",
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 3,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 16,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: none).")] = -1,
+    seed: Annotated[int, typer.Option("--seed")] = 12,
+) -> None:
+    """Train a cross-encoder reranker on a BEIR collection, gate it on held-out queries, optionally promote it."""
+    from citeloop.registry import RegistryError
+    from eval.beir import BeirFormatError
+    from feedback.reranker_loop import train_from_beir
+    from feedback.train_reranker import RerankerTrainingArgs, TrainingDataError
+
+    if loss not in ("mnrl", "cached-mnrl", "bce"):
+        fail(f"--loss must be mnrl, cached-mnrl or bce, not '{loss}'")
+    args = RerankerTrainingArgs(loss=loss, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_steps=max_steps, seed=seed)
+    try:
+        report = train_from_beir(beir, split, args, promote_if_better=promote, show_progress=True)
+    except (BeirFormatError, TrainingDataError, RegistryError, ValueError) as exc:
+        fail(str(exc))
+    verdict = "[green]passed[/]" if report.decision.passed else "[red]failed[/]"
+    console.print(f"candidate [bold]{report.version.id}[/] ({report.version.metrics.get('train_seconds')} s training): gate {verdict}: {report.decision.reason}")
+    if report.promoted:
+        console.print(f"promoted {report.version.id}: collection '{report.version.collection}' now reranks with it")
+    elif promote:
+        console.print("not promoted: the active model (or hybrid retrieval) keeps serving")
+
+
+@models_app.command("list")
+def models_list(
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind")] = None,
+) -> None:
+    """Registered model versions with their status and key figures."""
+    from citeloop.registry import list_versions
+
+    table = Table("version", "collection", "kind", "status", "parent", "snapshot", "val nDCG@10", "gate", "created")
+    for v in list_versions(collection=collection, kind=kind):
+        gate = v.metrics.get("gate", {})
+        table.add_row(
+            v.id, v.collection, v.kind, v.status, v.parent_id or "-", v.snapshot_id[:12],
+            str(v.metrics.get("val_ndcg@10_after", "-")), "passed" if gate.get("passed") else ("failed" if gate else "-"),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version_id: Annotated[str, typer.Argument(help="Version id from `models list`.")]) -> None:
+    """Gate a version against the active one on its held-out queries and promote it if it is better."""
+    from citeloop.registry import RegistryError, get_version, promote, record_metrics
+    from feedback.reranker_loop import gate_record, run_gate
+
+    try:
+        version = get_version(version_id)
+        if version.status == "active":
+            fail(f"model version '{version_id}' is already active")
+        decision = run_gate(version, show_progress=True)
+        record_metrics(version_id, {"gate": gate_record(decision)})
+        if not decision.passed:
+            fail(f"gate failed, '{version_id}' not promoted: {decision.reason}")
+        promote(version_id)
+    except (RegistryError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"promoted {version_id}: {decision.reason}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    kind: Annotated[str, typer.Argument(help="reranker or generator.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+) -> None:
+    """Retire the active version and re-activate the one before it (or none: the stage below serves)."""
+    from citeloop.registry import RegistryError, rollback
+
+    try:
+        restored = rollback(collection, kind)
+    except RegistryError as exc:
+        fail(str(exc))
+    console.print(f"'{collection}' {kind}: now {restored.id if restored else 'none (the stage below serves)'}")
 
 
 @app.command()

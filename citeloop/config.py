@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     bm25_method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = Field(
         "lucene", description="bm25s scoring variant."
     )
+    rerank_top_n: int = Field(20, ge=1, description="Fused candidates the cross-encoder reranks.")
+    rerank_max_tokens: int = Field(256, ge=32, le=512, description="Cross-encoder truncation length (query + chunk).")
+    rerank_batch_size: int = Field(16, ge=1, description="Pairs per cross-encoder batch.")
+    gate_min_ndcg_gain: float = Field(
+        0.005, description="A candidate model must beat the active one (or hybrid) on nDCG@10 by this much."
+    )
+    gate_max_recall_drop: float = Field(0.005, ge=0, description="Largest Recall@100 loss the gate tolerates.")
+    eval_holdout: float = Field(
+        0.2, gt=0, lt=1, description="Share of labelled queries held out of training to evaluate candidates."
+    )
     default_collection: str = Field("python-docs", description="Collection `make run` ingests and serves.")
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, description="Port the API binds.")

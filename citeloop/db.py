@@ -93,6 +93,25 @@ class IndexBuild(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ModelVersion(Base):
+    """A trained model of one collection; the registry promotes at most one `active` version per kind."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # reranker | generator
+    status: Mapped[str] = mapped_column(String(16))  # candidate | active | retired
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the version it was trained from
+    path: Mapped[str] = mapped_column(Text)  # artifact directory
+    artifact_sha256: Mapped[str] = mapped_column(String(64))  # of the artifact files, checked before loading
+    snapshot_id: Mapped[str] = mapped_column(String(64))  # sha256 of the exact training examples
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # hyper-parameters
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # training, gate and eval figures
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 

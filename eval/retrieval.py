@@ -10,7 +10,8 @@ from citeloop.progress import progress_bar
 from citeloop.modelpkg import sha256_file
 from eval.beir import corpus_file, load_split
 from retrieval.embedder import EMBEDDER_ID
-from retrieval.retriever import MODES, CollectionRetriever
+from citeloop.registry import VersionInfo, active_version
+from retrieval.retriever import MODES
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 RUN_DEPTH = 100  # documents ranked per query: enough for Recall@100
@@ -64,22 +65,47 @@ def score_runs(qrels: dict[str, dict[str, int]], runs: dict[str, dict[str, dict[
     return out
 
 
+STAGES = (*MODES, "rerank")
+
+
 def evaluate_retrieval(
-    directory: Path, split: str, stages: list[str], settings: Settings | None = None, show_progress: bool = False
+    directory: Path,
+    split: str,
+    stages: list[str],
+    settings: Settings | None = None,
+    show_progress: bool = False,
+    reranker: VersionInfo | None = None,
+    query_ids: set[str] | None = None,
 ) -> dict[str, dict]:
+    """Metrics per stage; `rerank` uses `reranker` (default: the collection's active one, else it is an error);
+    `query_ids` restricts scoring to those queries (a held-out split)."""
+    from retrieval.rerank import RankedSearch
+
     settings = settings or get_settings()
-    unknown = [s for s in stages if s not in MODES]
+    unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; available: {', '.join(MODES)}")
+        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; available: {', '.join(STAGES)}")
     data = load_split(Path(directory), split)
-    retriever = CollectionRetriever(ensure_eval_collection(Path(directory), settings, show_progress), settings)
+    if query_ids is not None:
+        data.qrels = {q: r for q, r in data.qrels.items() if q in query_ids}
+        data.queries = {q: t for q, t in data.queries.items() if q in data.qrels}
+    collection = ensure_eval_collection(Path(directory), settings, show_progress)
+    ranked = RankedSearch(collection, settings)
+    retriever = ranked.retriever
+    if "rerank" in stages:
+        reranker = reranker or active_version(collection, "reranker", settings)
+        if reranker is None:
+            raise ValueError(f"stage 'rerank' needs a reranker: collection '{collection}' has no active one (pass --reranker ID)")
     # Chunks per query: documents split into several chunks need more than RUN_DEPTH to fill the run.
     chunk_depth = max(settings.candidates, 3 * RUN_DEPTH)
     runs: dict[str, dict[str, dict[str, float]]] = {s: {} for s in stages}
     with progress_bar(f"querying {len(data.queries)} queries", len(data.queries), show_progress) as advance:
         for qid, text in data.queries.items():
             for stage in stages:
-                hits = retriever.search(text, k=chunk_depth, mode=stage, candidates=chunk_depth)
+                if stage == "rerank":
+                    hits = ranked.search(text, k=chunk_depth, reranker=reranker).hits
+                else:
+                    hits = retriever.search(text, k=chunk_depth, mode=stage, candidates=chunk_depth)
                 runs[stage][qid] = doc_ranking(hits, RUN_DEPTH)
             advance(1)
     return score_runs(data.qrels, runs)

@@ -117,6 +117,14 @@ class CollectionRetriever:
             raise RuntimeError(f"index build {build.id} of '{self.collection}' names chunks missing from the database")
         self._state = (index, rows)
 
+    def chunks(self) -> list[_Row]:
+        """Every chunk of the loaded build, in index row order."""
+        return list(self._state[1]) if self._state else []
+
+    def vectors(self) -> np.ndarray:
+        """The dense vectors of the loaded build, in the same row order as `chunks()`."""
+        return self._state[0].dense.vectors() if self._state else np.zeros((0, self.embedder.dim), dtype=np.float32)
+
     def __len__(self) -> int:
         return len(self._state[1]) if self._state else 0
 

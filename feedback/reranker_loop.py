@@ -1,0 +1,120 @@
+"""Bootstrap a collection's reranker from BEIR qrels, evaluate the candidate on held-out queries, gate, promote.
+
+The held-out queries (`is_holdout`, CITELOOP_EVAL_HOLDOUT of them) never reach training; the gate compares the
+candidate with the active reranker on them, or with hybrid retrieval when none is active.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from citeloop.config import Settings, get_settings
+from citeloop.registry import (
+    GateDecision,
+    VersionInfo,
+    active_version,
+    gate_decision,
+    get_version,
+    models_dir,
+    promote,
+    record_metrics,
+    register_candidate,
+)
+from eval.beir import load_split
+from eval.retrieval import ensure_eval_collection, evaluate_retrieval
+from feedback.examples import examples_from_qrels, is_holdout
+from feedback.train_reranker import RerankerTrainingArgs, train_reranker
+from retrieval.retriever import CollectionRetriever
+
+
+@dataclass
+class LoopReport:
+    version: VersionInfo
+    decision: GateDecision
+    promoted: bool
+
+
+def holdout_queries(directory: Path, split: str, fraction: float) -> set[str]:
+    return {q for q in load_split(directory, split).qrels if is_holdout(q, fraction)}
+
+
+def run_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
+    """Candidate vs the active reranker (or hybrid) on the held-out queries the candidate was registered with."""
+    settings = settings or get_settings()
+    source = version.params.get("eval")
+    if not source:
+        raise ValueError(f"model version '{version.id}' records no evaluation queries to gate it on")
+    directory, split, fraction = Path(source["beir"]), source["split"], float(source["holdout"])
+    held_out = holdout_queries(directory, split, fraction)
+    candidate = evaluate_retrieval(directory, split, ["hybrid", "rerank"], settings, show_progress, reranker=version, query_ids=held_out)
+    active = active_version(version.collection, "reranker", settings)
+    if active is not None and active.id != version.id:
+        baseline = evaluate_retrieval(directory, split, ["rerank"], settings, show_progress, reranker=active, query_ids=held_out)["rerank"]
+        name = f"active reranker {active.id}"
+    else:
+        baseline, name = candidate["hybrid"], "hybrid retrieval"
+    return gate_decision(candidate["rerank"], baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop)
+
+
+def train_from_beir(
+    directory: Path,
+    split: str,
+    args: RerankerTrainingArgs | None = None,
+    settings: Settings | None = None,
+    promote_if_better: bool = False,
+    show_progress: bool = False,
+) -> LoopReport:
+    settings = settings or get_settings()
+    args = args or RerankerTrainingArgs()
+    directory = Path(directory).resolve()
+    collection = ensure_eval_collection(directory, settings, show_progress)
+    data = load_split(directory, split)
+    held_out = holdout_queries(directory, split, settings.eval_holdout)
+    retriever = CollectionRetriever(collection, settings)
+    chunks_of: dict[str, list[str]] = {}
+    for row in retriever.chunks():
+        chunks_of.setdefault(row.doc_id, []).append(row.chunk_id)
+
+    def chunk_for(query: str, doc_id: str) -> str | None:
+        # The relevant document's chunk the retriever ranks highest for this query; else its first chunk.
+        if doc_id not in chunks_of:
+            return None
+        for hit in retriever.search(query, k=settings.candidates, mode="hybrid"):
+            if hit.doc_id == doc_id:
+                return hit.chunk_id
+        return chunks_of[doc_id][0]
+
+    train_queries = {q: t for q, t in data.queries.items() if q not in held_out}
+    examples = examples_from_qrels(train_queries, data.qrels, chunk_for)
+    parent = active_version(collection, "reranker", settings)
+    staging = models_dir(settings) / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=staging))
+    try:
+        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress)
+        version = register_candidate(
+            trained.path,
+            collection,
+            "reranker",
+            trained.snapshot.sha256,
+            params=asdict(args) | {"eval": {"beir": str(directory), "split": split, "holdout": settings.eval_holdout}},
+            metrics=trained.metrics,
+            parent_id=parent.id if parent else None,
+            settings=settings,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    decision = run_gate(version, settings, show_progress)
+    record_metrics(version.id, {"gate": gate_record(decision)}, settings)
+    promoted = False
+    if promote_if_better and decision.passed:
+        promote(version.id, settings)
+        promoted = True
+    return LoopReport(get_version(version.id, settings), decision, promoted)
+
+
+def gate_record(decision: GateDecision) -> dict:
+    return {"passed": decision.passed, "reason": decision.reason, "candidate": decision.candidate, "baseline": decision.baseline, "baseline_name": decision.baseline_name}

@@ -1,0 +1,154 @@
+"""Reranking stage: a cross-encoder scores the top-N fused candidates; a learned linear combiner turns its
+logit plus the first-stage evidence (dense cosine, BM25, fused rank) into the final score.
+
+The combiner is why a young cross-encoder never serves worse than hybrid retrieval: it is fitted on the
+same labels, so it leans on the evidence that works, and the promotion gate refuses it otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+import citeloop  # noqa: F401  (offline switches first)
+from citeloop.config import Settings, get_settings
+from citeloop.registry import VersionInfo, active_version, verified_path
+from retrieval.ingest import index_text
+from retrieval.retriever import CollectionRetriever, RetrievedChunk, StageScore
+
+CROSS_ENCODER_DIR = "cross-encoder"
+COMBINER_FILE = "combiner.json"
+FEATURES = ("cross_encoder", "dense", "bm25", "fused_rank")
+
+
+def stage_features(hits: Sequence[RetrievedChunk], logits: np.ndarray, rrf_k: int = 60) -> np.ndarray:
+    """Per candidate: cross-encoder logit, dense cosine, BM25 / best BM25 in the list, rrf_k / (rrf_k + fused rank)."""
+    bm25 = np.array([h.stages["bm25"].score if "bm25" in h.stages else 0.0 for h in hits])
+    bm25_max = bm25.max() if len(bm25) and bm25.max() > 0 else 1.0
+    return np.column_stack(
+        [
+            logits,
+            [h.stages["dense"].score if "dense" in h.stages else 0.0 for h in hits],
+            bm25 / bm25_max,
+            [rrf_k / (rrf_k + h.rank) for h in hits],
+        ]
+    ).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class ScoreCombiner:
+    weights: tuple[float, ...]  # one per FEATURES entry
+    bias: float = 0.0
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return features @ np.asarray(self.weights) + self.bias
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"features": FEATURES, "weights": self.weights, "bias": self.bias}, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> ScoreCombiner:
+        data = json.loads(path.read_text())
+        if tuple(data["features"]) != FEATURES:
+            raise ValueError(f"{path}: combiner features {data['features']} are not {FEATURES}")
+        return cls(tuple(float(w) for w in data["weights"]), float(data["bias"]))
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, seed: int) -> ScoreCombiner:
+        """Logistic regression of relevance on the features (balanced classes: few positives per query)."""
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(class_weight="balanced", C=1.0, max_iter=1000, random_state=seed)
+        model.fit(features, labels)
+        return cls(tuple(float(w) for w in model.coef_[0]), float(model.intercept_[0]))
+
+
+class CrossEncoderReranker:
+    """One registered reranker version, loaded after its artifact digest is checked."""
+
+    def __init__(self, path: Path, settings: Settings, version_id: str = "unregistered"):
+        from sentence_transformers import CrossEncoder
+
+        self.version_id = version_id
+        self.settings = settings
+        self.model = CrossEncoder(str(path / CROSS_ENCODER_DIR), device="cpu", max_length=settings.rerank_max_tokens)
+        self.combiner = ScoreCombiner.load(path / COMBINER_FILE)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_version(cls, version: VersionInfo, settings: Settings) -> CrossEncoderReranker:
+        return cls(verified_path(version), settings, version.id)
+
+    def logits(self, query: str, hits: Sequence[RetrievedChunk]) -> np.ndarray:
+        if not hits:
+            return np.zeros(0)
+        pairs = [(query, index_text(h.title, h.text)) for h in hits]
+        with self._lock:
+            scores = self.model.predict(pairs, batch_size=self.settings.rerank_batch_size, activation_fn=None, show_progress_bar=False)
+        return np.asarray(scores, dtype=np.float64).reshape(-1)
+
+    def rerank(self, query: str, hits: Sequence[RetrievedChunk], top_n: int) -> list[RetrievedChunk]:
+        """Reorder the first `top_n` hits; the rest keep their order below them."""
+        head, tail = list(hits[:top_n]), list(hits[top_n:])
+        logits = self.logits(query, head)
+        final = self.combiner.score(stage_features(head, logits, self.settings.rrf_k))
+        ce_rank = {i: r for r, i in enumerate(np.argsort(-logits, kind="stable"), start=1)}
+        order = np.argsort(-final, kind="stable")
+        out = []
+        for rank, i in enumerate(order, start=1):
+            h = head[i]
+            stages = h.stages | {
+                "cross_encoder": StageScore(float(logits[i]), ce_rank[i]),
+                "rerank": StageScore(float(final[i]), rank),
+            }
+            out.append(replace(h, score=float(final[i]), rank=rank, stages=stages))
+        floor = float(final.min()) if len(final) else 0.0
+        for offset, h in enumerate(tail, start=len(out) + 1):
+            out.append(replace(h, score=floor - offset, rank=offset))
+        return out
+
+
+_loaded: dict[str, CrossEncoderReranker] = {}
+_loaded_lock = threading.Lock()
+
+
+def load_reranker(version: VersionInfo, settings: Settings) -> CrossEncoderReranker:
+    with _loaded_lock:
+        if version.id not in _loaded:
+            _loaded[version.id] = CrossEncoderReranker.from_version(version, settings)
+        return _loaded[version.id]
+
+
+@dataclass
+class SearchResult:
+    hits: list[RetrievedChunk]
+    reranker: str | None  # the version that reranked, or None
+    note: str | None = None  # why the results are not reranked
+
+
+class RankedSearch:
+    """Hybrid retrieval, then the collection's active reranker; picks up promotions and rollbacks per request."""
+
+    def __init__(self, collection: str, settings: Settings | None = None):
+        import logging
+
+        self.settings = settings or get_settings()
+        self.collection = collection
+        self.retriever = CollectionRetriever(collection, self.settings)
+        self._log = logging.getLogger("citeloop.rerank")
+
+    def search(self, query: str, k: int = 10, filters=None, reranker: VersionInfo | None = None, depth: int | None = None) -> SearchResult:
+        top_n = self.settings.rerank_top_n
+        hits = self.retriever.search(query, k=max(k, top_n, depth or 0), mode="hybrid", filters=filters)
+        version = reranker or active_version(self.collection, "reranker", self.settings)
+        if version is None:
+            note = f"no promoted reranker for collection '{self.collection}': serving hybrid retrieval"
+            self._log.info(note)
+            return SearchResult(hits[: max(k, depth or 0)], None, note)
+        ranked = load_reranker(version, self.settings).rerank(query, hits, top_n)
+        return SearchResult(ranked[: max(k, depth or 0)], version.id)

@@ -1,0 +1,114 @@
+"""Reranker training, registry gate, promotion and rollback on a real (tiny) SciFact collection.
+
+The training run is a smoke run (a few steps, 64-token pairs); quality targets are measured in bench/.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from citeloop.config import Settings
+from citeloop.registry import (
+    CorruptArtifactError,
+    RegistryError,
+    active_version,
+    get_version,
+    list_versions,
+    promote,
+    register_candidate,
+    rollback,
+)
+from eval.retrieval import ensure_eval_collection, evaluate_retrieval
+from feedback.reranker_loop import holdout_queries, run_gate, train_from_beir
+from feedback.train_reranker import RerankerTrainingArgs, TrainingDataError, train_reranker
+from retrieval.rerank import COMBINER_FILE, RankedSearch, ScoreCombiner
+
+SMOKE = RerankerTrainingArgs(epochs=1, max_steps=2, batch_size=4, hard_negatives=2, random_negatives=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_beir):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("var"), rerank_max_tokens=64, rerank_top_n=10)
+    report = train_from_beir(tiny_beir, "test", SMOKE, settings)
+    return settings, report
+
+
+def test_training_registers_a_candidate_with_its_snapshot_and_gate(trained, tiny_beir):
+    settings, report = trained
+    version = report.version
+    assert version.status == "candidate" and version.kind == "reranker"
+    assert (version.path / "cross-encoder").is_dir() and (version.path / COMBINER_FILE).is_file()
+    assert len(version.snapshot_id) == 64
+    assert version.metrics["steps"] == 2
+    assert version.metrics["gate"]["baseline_name"] == "hybrid retrieval"
+    held_out = holdout_queries(tiny_beir, "test", settings.eval_holdout)
+    trained_on = {line.split('"query_id": "')[1].split('"')[0] for line in (version.path / "examples.jsonl").read_text().splitlines()}
+    assert held_out and not (held_out & trained_on)
+    # Nothing is active until a promotion: searches say that hybrid serves.
+    result = RankedSearch(version.collection, settings).search("vitamin D deficiency", k=5)
+    assert result.reranker is None and "no promoted reranker" in result.note
+
+
+def test_rerank_stage_reorders_top_n_and_keeps_stage_scores(trained, tiny_beir):
+    settings, report = trained
+    result = RankedSearch(report.version.collection, settings).search("vitamin D deficiency", k=12, reranker=report.version)
+    assert result.reranker == report.version.id
+    head = result.hits[: settings.rerank_top_n]
+    assert [h.rank for h in result.hits] == list(range(1, 13))
+    assert all({"dense", "bm25", "hybrid", "cross_encoder", "rerank"} <= set(h.stages) for h in head)
+    assert all(a.score >= b.score for a, b in zip(result.hits, result.hits[1:]))
+    metrics = evaluate_retrieval(tiny_beir, "test", ["hybrid", "rerank"], settings, reranker=report.version)
+    assert set(metrics) == {"hybrid", "rerank"} and 0 <= metrics["rerank"]["ndcg@10"] <= 1
+
+
+def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versions(trained, tmp_path):
+    settings, report = trained
+    collection = report.version.collection
+    # A deliberately worse candidate: the same cross-encoder, ranking by the reverse of the fused order.
+    worse_dir = tmp_path / "worse"
+    shutil.copytree(report.version.path, worse_dir)
+    ScoreCombiner((0.0, 0.0, 0.0, -1.0)).save(worse_dir / COMBINER_FILE)
+    worse = register_candidate(worse_dir, collection, "reranker", "x" * 64, report.version.params, {}, settings=settings)
+    decision = run_gate(worse, settings)
+    assert not decision.passed and "nDCG@10" in decision.reason
+    assert active_version(collection, "reranker", settings) is None
+
+    # Promotion and rollback, regardless of the smoke model's quality.
+    good = report.version
+    promote(good.id, settings)
+    assert active_version(collection, "reranker", settings).id == good.id
+    with pytest.raises(RegistryError, match="already active"):
+        promote(good.id, settings)
+    promote(worse.id, settings)
+    assert get_version(good.id, settings).status == "retired"
+    search = RankedSearch(collection, settings)
+    assert search.search("vitamin D", k=3).reranker == worse.id  # picked up without a restart
+    assert rollback(collection, "reranker", settings).id == good.id
+    assert search.search("vitamin D", k=3).reranker == good.id
+    assert rollback(collection, "reranker", settings) is None
+    assert search.search("vitamin D", k=3).reranker is None
+    with pytest.raises(RegistryError, match="no active reranker"):
+        rollback(collection, "reranker", settings)
+    with pytest.raises(RegistryError, match="is a reranker, not a generator"):
+        get_version(good.id, settings, kind="generator")
+    assert {v.id for v in list_versions(settings, collection=collection)} >= {good.id, worse.id}
+
+
+def test_corrupt_artifact_is_refused_and_the_active_model_kept(trained, tmp_path):
+    settings, report = trained
+    broken_dir = tmp_path / "broken"
+    shutil.copytree(report.version.path, broken_dir)
+    broken = register_candidate(broken_dir, report.version.collection, "reranker", "y" * 64, {}, {}, settings=settings)
+    (broken.path / COMBINER_FILE).write_text("{}")
+    before = active_version(report.version.collection, "reranker", settings)
+    with pytest.raises(CorruptArtifactError):
+        promote(broken.id, settings)
+    assert active_version(report.version.collection, "reranker", settings) == before
+
+
+def test_too_few_examples_is_a_clear_error(trained):
+    settings, report = trained
+    with pytest.raises(TrainingDataError, match="at least"):
+        train_reranker(report.version.collection, [], settings.data_dir / "nowhere", SMOKE, settings)
