@@ -168,9 +168,14 @@ def train_reranker_command(
     split: Annotated[str, typer.Option("--split", help="Qrels split to train on (part is held out for the gate).")] = "train",
     promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
     loss: Annotated[str, typer.Option("--loss", help="mnrl, cached-mnrl or bce.")] = "mnrl",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 3,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-5,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 4,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-4,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 16,
+    head_learning_rate: Annotated[float, typer.Option("--head-lr", help="Learning rate of the fresh head.")] = 1e-3,
+    frozen_layers: Annotated[int, typer.Option("--frozen-layers", min=0, help="Bottom encoder layers kept fixed.")] = 0,
+    hard_negatives: Annotated[int, typer.Option("--hard-negatives", min=0)] = 4,
+    in_batch_negatives: Annotated[int, typer.Option("--in-batch-negatives", min=1, help="MNRL: other queries' passages per query.")] = 1,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (AVX512-BF16 CPUs, GPUs).")] = False,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: none).")] = -1,
     seed: Annotated[int, typer.Option("--seed")] = 12,
 ) -> None:
@@ -182,7 +187,10 @@ def train_reranker_command(
 
     if loss not in ("mnrl", "cached-mnrl", "bce"):
         fail(f"--loss must be mnrl, cached-mnrl or bce, not '{loss}'")
-    args = RerankerTrainingArgs(loss=loss, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_steps=max_steps, seed=seed)
+    args = RerankerTrainingArgs(
+        loss=loss, epochs=epochs, learning_rate=learning_rate, head_learning_rate=head_learning_rate, frozen_layers=frozen_layers,
+        hard_negatives=hard_negatives, in_batch_negatives=in_batch_negatives, bf16=bf16, batch_size=batch_size, max_steps=max_steps, seed=seed,
+    )
     try:
         report = train_from_beir(beir, split, args, promote_if_better=promote, show_progress=True)
     except (BeirFormatError, TrainingDataError, RegistryError, ValueError) as exc:

@@ -23,11 +23,18 @@ def build_dense_index(vectors: np.ndarray, hnsw_min_chunks: int, hnsw_m: int) ->
     return index, kind
 
 
+def gpu_count() -> int:
+    """GPUs FAISS can use: > 0 only with the `[gpu]` extra (faiss-gpu) on a CUDA machine."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
 class DenseIndex:
     def __init__(self, index: faiss.Index, ef_search: int = 128):
         self.index = index
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = ef_search
+        # Flat search moves to the GPUs when faiss-gpu sees any; the CPU index stays the one saved and filtered.
+        self._gpu_index = faiss.index_cpu_to_all_gpus(index) if gpu_count() and isinstance(index, faiss.IndexFlat) else None
 
     def save(self, path: Path) -> None:
         faiss.write_index(self.index, str(path))
@@ -55,6 +62,9 @@ class DenseIndex:
                 if isinstance(self.index, faiss.IndexHNSW)
                 else faiss.SearchParameters(sel=selector)
             )
-        scores, rows = self.index.search(query.reshape(1, -1), k, params=params)
+        if params is None and self._gpu_index is not None:
+            scores, rows = self._gpu_index.search(query.reshape(1, -1), k)
+        else:
+            scores, rows = self.index.search(query.reshape(1, -1), k, params=params)
         keep = rows[0] >= 0
         return rows[0][keep].astype(np.int64), scores[0][keep]

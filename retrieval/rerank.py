@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,13 +18,15 @@ import numpy as np
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
-from citeloop.registry import VersionInfo, active_version, verified_path
+from citeloop.registry import VersionInfo, active_version, artifact_sha256, verified_path
 from retrieval.ingest import index_text
+from retrieval.onnx_cache import load_with_backend
 from retrieval.retriever import CollectionRetriever, RetrievedChunk, StageScore
 
 CROSS_ENCODER_DIR = "cross-encoder"
 COMBINER_FILE = "combiner.json"
 FEATURES = ("cross_encoder", "dense", "bm25", "fused_rank")
+SCORE_CACHE_SIZE = 100_000  # (query, chunk) logits kept per loaded version
 
 
 def stage_features(hits: Sequence[RetrievedChunk], logits: np.ndarray, rrf_k: int = 60) -> np.ndarray:
@@ -76,21 +79,34 @@ class CrossEncoderReranker:
 
         self.version_id = version_id
         self.settings = settings
-        self.model = CrossEncoder(str(path / CROSS_ENCODER_DIR), device="cpu", max_length=settings.rerank_max_tokens)
+        weights = path / CROSS_ENCODER_DIR
+        # ONNX exports are cached per exact weights (a digest of the cross-encoder directory).
+        cache_key = f"reranker-{artifact_sha256(weights)[:16]}-onnx"
+        self.model = load_with_backend(
+            CrossEncoder, weights, settings.rerank_backend, settings.model_cache_dir, cache_key, max_length=settings.rerank_max_tokens
+        )
         self.combiner = ScoreCombiner.load(path / COMBINER_FILE)
         self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     @classmethod
     def from_version(cls, version: VersionInfo, settings: Settings) -> CrossEncoderReranker:
         return cls(verified_path(version), settings, version.id)
 
     def logits(self, query: str, hits: Sequence[RetrievedChunk]) -> np.ndarray:
-        if not hits:
-            return np.zeros(0)
-        pairs = [(query, index_text(h.title, h.text)) for h in hits]
+        """Cross-encoder logits; (query, chunk) pairs already scored by this version come from the cache
+        (a chunk id names immutable text: a changed document gets new chunk ids)."""
+        keys = [(query, h.chunk_id) for h in hits]
         with self._lock:
-            scores = self.model.predict(pairs, batch_size=self.settings.rerank_batch_size, activation_fn=None, show_progress_bar=False)
-        return np.asarray(scores, dtype=np.float64).reshape(-1)
+            missing = [i for i, key in enumerate(keys) if key not in self._cache]
+            if missing:
+                pairs = [(query, index_text(hits[i].title, hits[i].text)) for i in missing]
+                scores = self.model.predict(pairs, batch_size=self.settings.rerank_batch_size, activation_fn=None, show_progress_bar=False)
+                for i, score in zip(missing, np.asarray(scores, dtype=np.float64).reshape(-1)):
+                    self._cache[keys[i]] = float(score)
+                while len(self._cache) > SCORE_CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            return np.array([self._cache[key] for key in keys], dtype=np.float64)
 
     def rerank(self, query: str, hits: Sequence[RetrievedChunk], top_n: int) -> list[RetrievedChunk]:
         """Reorder the first `top_n` hits; the rest keep their order below them."""
