@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     rerank_top_n: int = Field(20, ge=1, description="Fused candidates the cross-encoder reranks.")
     rerank_max_tokens: int = Field(256, ge=32, le=512, description="Cross-encoder truncation length (query + chunk).")
     rerank_batch_size: int = Field(8, ge=1, description="Pairs per cross-encoder batch (small batches stay in CPU cache).")
+    # int8 reranked SciFact held-out claims 3.5x faster than a plain torch CrossEncoder with no nDCG loss (bench/).
     rerank_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "onnx", description="Inference backend of the cross-encoder (exported once per model version)."
+        "onnx-int8", description="Inference backend of the cross-encoder (exported once per model version)."
     )
     gate_min_ndcg_gain: float = Field(
         0.005, description="A candidate model must beat the active one (or hybrid) on nDCG@10 by this much."

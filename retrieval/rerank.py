@@ -129,15 +129,17 @@ class CrossEncoderReranker:
         return out
 
 
-_loaded: dict[str, CrossEncoderReranker] = {}
+_loaded: dict[tuple, CrossEncoderReranker] = {}
 _loaded_lock = threading.Lock()
 
 
 def load_reranker(version: VersionInfo, settings: Settings) -> CrossEncoderReranker:
+    """One loaded model per version and inference configuration (model loads take seconds)."""
+    key = (version.id, settings.rerank_backend, settings.rerank_max_tokens, settings.rerank_batch_size, str(settings.model_cache_dir))
     with _loaded_lock:
-        if version.id not in _loaded:
-            _loaded[version.id] = CrossEncoderReranker.from_version(version, settings)
-        return _loaded[version.id]
+        if key not in _loaded:
+            _loaded[key] = CrossEncoderReranker.from_version(version, settings)
+        return _loaded[key]
 
 
 @dataclass
