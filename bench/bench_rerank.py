@@ -88,10 +88,10 @@ def main() -> None:
     result["quality"] = {}
     for backend in args.backends.split(","):
         settings = Settings(data_dir=args.data_dir, rerank_backend=backend)
-        reranker = CrossEncoderReranker(verified_path(version), settings, version.id)
+        reranker = CrossEncoderReranker.from_version(version, settings)
 
         def score(q, hits, reranker=reranker):
-            reranker._cache.clear()  # every query pays for its pairs
+            reranker.clear_cache()  # every query pays for its pairs
             reranker.logits(q, hits)
 
         score(queries[0], candidates[queries[0]][:4])

@@ -74,14 +74,14 @@ class ScoreCombiner:
 class CrossEncoderReranker:
     """One registered reranker version, loaded after its artifact digest is checked."""
 
-    def __init__(self, path: Path, settings: Settings, version_id: str = "unregistered"):
+    def __init__(self, path: Path, settings: Settings, version_id: str = "unregistered", weights_digest: str | None = None):
         from sentence_transformers import CrossEncoder
 
         self.version_id = version_id
         self.settings = settings
         weights = path / CROSS_ENCODER_DIR
-        # ONNX exports are cached per exact weights (a digest of the cross-encoder directory).
-        cache_key = f"reranker-{artifact_sha256(weights)[:16]}-onnx"
+        # ONNX exports are cached per exact weights: the registry's verified digest, or one computed here.
+        cache_key = f"reranker-{(weights_digest or artifact_sha256(weights))[:16]}-onnx"
         self.model = load_with_backend(
             CrossEncoder, weights, settings.rerank_backend, settings.model_cache_dir, cache_key, max_length=settings.rerank_max_tokens
         )
@@ -91,7 +91,11 @@ class CrossEncoderReranker:
 
     @classmethod
     def from_version(cls, version: VersionInfo, settings: Settings) -> CrossEncoderReranker:
-        return cls(verified_path(version), settings, version.id)
+        return cls(verified_path(version), settings, version.id, version.artifact_sha256)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
 
     def logits(self, query: str, hits: Sequence[RetrievedChunk]) -> np.ndarray:
         """Cross-encoder logits; (query, chunk) pairs already scored by this version come from the cache
