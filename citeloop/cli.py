@@ -23,7 +23,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs and greps
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -211,8 +211,12 @@ def models_list(
     """Registered model versions with their status and key figures."""
     from citeloop.registry import list_versions
 
+    versions = list_versions(collection=collection, kind=kind)
+    if not versions:
+        console.print("no model versions registered (train one: citeloop train reranker --beir DIR)")
+        return
     table = Table("version", "collection", "kind", "status", "parent", "snapshot", "val nDCG@10", "gate", "created")
-    for v in list_versions(collection=collection, kind=kind):
+    for v in versions:
         gate = v.metrics.get("gate", {})
         table.add_row(
             v.id, v.collection, v.kind, v.status, v.parent_id or "-", v.snapshot_id[:12],

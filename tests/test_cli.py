@@ -36,3 +36,21 @@ def test_ingest_search_and_errors_from_the_command_line(tmp_path):
 
     no_qrels = run_cli("eval", "retrieval", str(docs), "--split", "test", data_dir=data)
     assert no_qrels.returncode == 1 and "corpus.jsonl" in no_qrels.stderr
+
+
+def test_reranker_and_registry_commands_report_bad_input(tmp_path, tiny_beir):
+    data = tmp_path / "var"
+    bad_loss = run_cli("train", "reranker", "--beir", str(tiny_beir), "--split", "test", "--loss", "hinge", data_dir=data)
+    assert bad_loss.returncode == 1 and "--loss" in bad_loss.stderr
+
+    no_reranker = run_cli("eval", "retrieval", str(tiny_beir), "--split", "test", "--stages", "hybrid,rerank", data_dir=data)
+    assert no_reranker.returncode == 1 and "has no active one" in no_reranker.stderr
+
+    unknown = run_cli("models", "promote", "rer-000000000000", data_dir=data)
+    assert unknown.returncode == 1 and "no model version 'rer-000000000000'" in unknown.stderr
+
+    no_active = run_cli("models", "rollback", "reranker", "--collection", "nope", data_dir=data)
+    assert no_active.returncode == 1 and "no collection named 'nope'" in no_active.stderr
+
+    listed = run_cli("models", "list", data_dir=data)
+    assert listed.returncode == 0 and "no model versions registered" in listed.stdout
