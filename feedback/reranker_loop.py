@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from citeloop.config import Settings, get_settings
@@ -72,20 +73,24 @@ def train_from_beir(
     directory = Path(directory).resolve()
     collection = ensure_eval_collection(directory, settings, show_progress)
     data = load_split(directory, split)
-    held_out = holdout_queries(directory, split, settings.eval_holdout)
+    held_out = {q for q in data.qrels if is_holdout(q, settings.eval_holdout)}
     retriever = CollectionRetriever(collection, settings)
     chunks_of: dict[str, list[str]] = {}
     for row in retriever.chunks():
         chunks_of.setdefault(row.doc_id, []).append(row.chunk_id)
 
+    @lru_cache(maxsize=1)  # examples_from_qrels asks for each relevant document of a query in turn
+    def best_chunk_per_doc(query: str) -> dict[str, str]:
+        best: dict[str, str] = {}
+        for hit in retriever.search(query, k=settings.candidates, mode="hybrid"):
+            best.setdefault(hit.doc_id, hit.chunk_id)
+        return best
+
     def chunk_for(query: str, doc_id: str) -> str | None:
         # The relevant document's chunk the retriever ranks highest for this query; else its first chunk.
         if doc_id not in chunks_of:
             return None
-        for hit in retriever.search(query, k=settings.candidates, mode="hybrid"):
-            if hit.doc_id == doc_id:
-                return hit.chunk_id
-        return chunks_of[doc_id][0]
+        return best_chunk_per_doc(query).get(doc_id, chunks_of[doc_id][0])
 
     train_queries = {q: t for q, t in data.queries.items() if q not in held_out}
     examples = examples_from_qrels(train_queries, data.qrels, chunk_for)
@@ -94,7 +99,7 @@ def train_from_beir(
     staging.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=staging))
     try:
-        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress)
+        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, retriever)
         version = register_candidate(
             trained.path,
             collection,
@@ -117,4 +122,4 @@ def train_from_beir(
 
 
 def gate_record(decision: GateDecision) -> dict:
-    return {"passed": decision.passed, "reason": decision.reason, "candidate": decision.candidate, "baseline": decision.baseline, "baseline_name": decision.baseline_name}
+    return asdict(decision)

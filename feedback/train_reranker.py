@@ -209,13 +209,14 @@ def train_reranker(
     args: RerankerTrainingArgs | None = None,
     settings: Settings | None = None,
     show_progress: bool = False,
+    retriever: CollectionRetriever | None = None,  # the caller's, when it already loaded the collection
 ) -> TrainedReranker:
     args = args or RerankerTrainingArgs()
     settings = settings or get_settings()
     if len(examples) < MIN_EXAMPLES:
         raise TrainingDataError(f"{len(examples)} training examples; at least {MIN_EXAMPLES} are needed")
     snapshot = ExampleSnapshot(tuple(sorted(examples, key=lambda e: e.query_id)))
-    retriever = CollectionRetriever(collection, settings)
+    retriever = retriever if retriever is not None else CollectionRetriever(collection, settings)
     if len(retriever) < args.hard_negatives + args.random_negatives + 2:
         raise TrainingDataError(f"collection '{collection}' has {len(retriever)} chunks: too few to draw negatives from")
     train_examples, val_examples = split_examples(list(snapshot.examples), args.validation_fraction, args.seed)
