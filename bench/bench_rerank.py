@@ -24,12 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import citeloop  # noqa: E402,F401
+from bench.readme_tables import write_table  # noqa: E402
 from citeloop.config import Settings  # noqa: E402
 
 SCIFACT = REPO / "corpora" / "scifact"
 RESULTS = REPO / "bench" / "results" / "rerank.json"
-README = REPO / "bench" / "README.md"
-BEGIN, END = "<!-- rerank-bench:begin -->", "<!-- rerank-bench:end -->"
 DEPTHS = (20, 50)
 
 
@@ -54,7 +53,7 @@ def main() -> None:
     parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:
-        write_readme_table(json.loads(RESULTS.read_text()))
+        write_table("rerank-bench", "## Reranking (`python bench/bench_rerank.py`)", render_table(json.loads(RESULTS.read_text())))
         return
 
     from sentence_transformers import CrossEncoder
@@ -106,7 +105,7 @@ def main() -> None:
             by_depth[str(n)]["speedup"] = round(by_depth[str(n)]["pairs_per_s"] / plain_rate[n], 2)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    write_readme_table(result)
+    write_table("rerank-bench", "## Reranking (`python bench/bench_rerank.py`)", render_table(result))
 
 
 def render_table(result: dict) -> str:
@@ -123,15 +122,6 @@ def render_table(result: dict) -> str:
             f"| {s['50']['speedup']}x | {q['rerank']['ndcg@10'] if q else '-'} | {q['hybrid']['ndcg@10'] if q else '-'} |"
         )
     return "\n".join(lines)
-
-
-def write_readme_table(result: dict) -> None:
-    text = README.read_text()
-    if BEGIN not in text:
-        text += f"\n## Reranking (`python bench/bench_rerank.py`)\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{render_table(result)}\n{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import citeloop  # noqa: E402,F401
+from bench.readme_tables import write_table  # noqa: E402
 from citeloop.config import Settings  # noqa: E402
 
 SCIFACT = REPO / "corpora" / "scifact"
@@ -115,8 +116,6 @@ def bm25_speed(rows: list[dict], queries: list[str]) -> dict:
 
 
 STAGES = ("ingest", "latency", "bm25")
-README = REPO / "bench" / "README.md"
-BEGIN, END = "<!-- retrieval-bench:begin -->", "<!-- retrieval-bench:end -->"
 
 
 def render_table(result: dict) -> str:
@@ -144,13 +143,6 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(result: dict) -> None:
-    text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{render_table(result)}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="torch,onnx-int8")
@@ -160,7 +152,7 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help="Parts to run: ingest,latency,bm25.")
     args = parser.parse_args()
     if args.render:
-        write_readme_table(json.loads(args.out.read_text()))
+        write_table("retrieval-bench", "## Retrieval (`python bench/bench_retrieval.py`)", render_table(json.loads(args.out.read_text())))
         return
 
     stages = set(args.stages.split(","))
@@ -192,7 +184,7 @@ def main() -> None:
         print("bm25", result["bm25"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    write_readme_table(result)
+    write_table("retrieval-bench", "## Retrieval (`python bench/bench_retrieval.py`)", render_table(result))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ train_app = typer.Typer(help="Train models from labelled data.", no_args_is_help
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys: create, revoke, list.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs and greps
@@ -132,6 +134,93 @@ def search(
         snippet = " ".join(r.text.split())[:160]
         table.add_row(str(r.rank), f"{r.score:.4f}", stages, r.doc_id, snippet)
     console.print(table)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, max=50, help="Sources given to the generator.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer, citations and contexts as JSON.")] = False,
+) -> None:
+    """Answer from the collection's documents, with verified [n] citations (or an explicit abstention)."""
+    from generation.engines import GenerationError
+    from generation.pipeline import AnswerPipeline, DoneEvent, QuestionError, TokenEvent
+    from citeloop.modelpkg import ModelPackageError
+    from retrieval.retriever import UnknownCollectionError
+
+    answer = None
+    try:
+        for event in AnswerPipeline(collection).stream(question, top_k):
+            if isinstance(event, TokenEvent) and stream and not as_json:
+                console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
+            elif isinstance(event, DoneEvent):
+                answer = event.answer
+    except (QuestionError, UnknownCollectionError, GenerationError, ModelPackageError) as exc:
+        if stream:
+            console.print()
+        fail(str(exc))
+    assert answer is not None
+    if as_json:
+        console.print_json(json.dumps(answer.to_dict()))
+        return
+    if stream:
+        console.print()
+        if answer.abstained:
+            console.print("[yellow](withdrawn: this draft is not an answer)[/]")
+    if answer.abstained or not stream:
+        console.print(answer.answer, markup=False, highlight=False)
+    if answer.abstained:
+        from generation.pipeline import ABSTAIN_REASONS
+
+        console.print(f"[yellow]abstained:[/] {ABSTAIN_REASONS[answer.abstain_reason]}")
+    else:
+        table = Table("n", "supported", "document", "quote")
+        for c in answer.citations:
+            table.add_row(str(c.n), "yes" if c.supported else "[red]no[/]", c.title or c.doc_id, " ".join(c.quote.split())[:200])
+        console.print(table)
+        if answer.unsupported_sentences:
+            console.print(f"[yellow]{len(answer.unsupported_sentences)} sentence(s) have no supported citation[/]")
+    timings = " ".join(f"{k}={v:.0f}ms" for k, v in answer.timings_ms.items())
+    console.print(f"[dim]{answer.models['generator']} reranker={answer.models['reranker'] or '-'} {timings}[/]")
+
+
+@eval_app.command("qa")
+def eval_qa(
+    questions: Annotated[Path, typer.Argument(help="JSONL rows {id, user_input, reference?, reference_answers?, reference_doc_ids?}.")],
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Answer from this collection.")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Or a BEIR directory, ingested once into an eval collection.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="First N questions only.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-question rows here.")] = None,
+) -> None:
+    """Answer quality: token F1, citation precision/recall, context recall, abstention, latency."""
+    from eval.beir import BeirFormatError
+    from eval.qa import QuestionsFormatError, evaluate_qa, load_questions
+    from eval.retrieval import ensure_eval_collection
+    from generation.engines import GenerationError
+    from citeloop.modelpkg import ModelPackageError
+    from generation.pipeline import AnswerPipeline
+    from citeloop.progress import progress_bar
+    from retrieval.retriever import UnknownCollectionError
+
+    if (collection is None) == (corpus is None):
+        fail("give exactly one of --collection or --corpus")
+    try:
+        rows = load_questions(questions, limit)
+        name = collection or ensure_eval_collection(corpus, show_progress=True)
+        pipeline = AnswerPipeline(name)
+        with progress_bar("answering", len(rows), enabled=True) as advance:
+            report = evaluate_qa(rows, pipeline.answer, on_row=lambda _: advance(1))
+    except (QuestionsFormatError, BeirFormatError, UnknownCollectionError, GenerationError, ModelPackageError, ValueError) as exc:
+        fail(str(exc))
+    table = Table("metric", "value", title=f"{questions} on {name}")
+    for metric, value in report["metrics"].items():
+        table.add_row(metric, "-" if value is None else str(value))
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 @eval_app.command("retrieval")
@@ -259,6 +348,62 @@ def models_rollback(
     except RegistryError as exc:
         fail(str(exc))
     console.print(f"'{collection}' {kind}: now {restored.id if restored else 'none (the stage below serves)'}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what uses the key (erasure and audit go by this name).")],
+    role: Annotated[str, typer.Option("--role", help="reader, curator or admin.")],
+    collections: Annotated[str, typer.Option("--collections", help="Comma-separated collection names, or '*' for all.")],
+) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from citeloop.keys import KeyManagementError, create_key
+
+    try:
+        key = create_key(name, role, collections.split(","))
+    except KeyManagementError as exc:
+        fail(str(exc))
+    console.print(key, markup=False, highlight=False)
+
+
+@keys_app.command("bootstrap")
+def keys_bootstrap() -> None:
+    """Create a first admin key (all collections) when no admin key exists, and print it once."""
+    from citeloop.keys import create_key, has_admin_key, list_keys
+
+    if has_admin_key():
+        console.print("an admin key exists already (`citeloop keys list`)")
+        return
+    taken = {k.name for k in list_keys()}
+    name, n = "admin", 1
+    while name in taken:  # an earlier admin key was revoked; keep its name for the audit trail
+        n += 1
+        name = f"admin-{n}"
+    key = create_key(name, "admin", ["*"])
+    console.print(f"created admin key '{name}' (shown only now; keep it):\n{key}", markup=False, highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke a key: every later request with it answers 401."""
+    from citeloop.keys import KeyManagementError, revoke_key
+
+    try:
+        revoke_key(name)
+    except KeyManagementError as exc:
+        fail(str(exc))
+    console.print(f"revoked '{name}'")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keys with their role, collections and state (never the key itself)."""
+    from citeloop.keys import list_keys
+
+    table = Table("name", "role", "collections", "prefix", "created", "revoked")
+    for k in list_keys():
+        table.add_row(k.name, k.role, ",".join(k.collections), k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-")
+    console.print(table)
 
 
 @app.command()

@@ -53,6 +53,34 @@ class Settings(BaseSettings):
     eval_holdout: float = Field(
         0.2, gt=0, lt=1, description="Share of labelled queries held out of training to evaluate candidates."
     )
+    generator: str = Field(
+        "qwen2.5-0.5b-instruct",
+        description="Answer model: qwen2.5-0.5b-instruct, smollm2-135m, a .gguf file or a transformers model folder.",
+    )
+    # llama.cpp decodes the shipped GGUF 4-8x faster than fp32 transformers on a CPU (bench/bench_generate.py).
+    generator_engine: Literal["auto", "llama-cpp", "transformers"] = Field(
+        "auto", description="Inference engine; auto = llama.cpp for GGUF weights, transformers for a model folder."
+    )
+    generator_threads: int | None = Field(None, ge=1, description="CPU threads for generation (default: all cores).")
+    context_window: int = Field(4096, ge=512, description="Prompt + answer tokens the generator is given.")
+    max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer in tokens.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 = greedy (reproducible).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int = Field(0, description="Sampling seed.")
+    generation_timeout_s: float = Field(120.0, gt=0, description="An answer not finished by then is an error.")
+    answer_contexts: int = Field(5, ge=1, le=50, description="Retrieved chunks given to the generator as numbered sources.")
+    max_question_chars: int = Field(2000, ge=1, description="Longer questions are refused.")
+    citation_min_similarity: float = Field(
+        0.5, ge=-1, le=1, description="Cosine (MiniLM) a cited sentence needs with a span of its chunk to count as supported."
+    )
+    citation_min_overlap: float = Field(
+        0.4, ge=0, le=1, description="Share of a cited sentence's content words its chunk must contain to count as supported."
+    )
+    abstain_min_evidence: float = Field(
+        0.3, ge=-1, le=1, description="Abstain without generating when the best context's dense cosine is below this."
+    )
+    rate_limit_per_minute: int = Field(600, ge=1, description="API requests per key per minute (token bucket, per server process).")
+    max_upload_mb: float = Field(20.0, gt=0, description="Largest file (or JSON body) the API accepts for ingestion.")
     default_collection: str = Field("python-docs", description="Collection `make run` ingests and serves.")
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, description="Port the API binds.")

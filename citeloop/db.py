@@ -112,6 +112,72 @@ class ModelVersion(Base):
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class ApiKey(Base):
+    """An API key: only its sha256 is stored; the key itself is shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # reader | curator | admin
+    collections: Mapped[list[str]] = mapped_column(JSON)  # names it may reach; ["*"] = all
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart in listings
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AnswerRecord(Base):
+    """An answer as the user saw it: the exact contexts (text included), citations and model versions."""
+
+    __tablename__ = "answers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)  # API key name that asked
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    abstained: Mapped[bool] = mapped_column(default=False)
+    abstain_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    contexts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    support: Mapped[float] = mapped_column(default=1.0)  # share of sentences with a supported citation
+    models: Mapped[dict[str, Any]] = mapped_column(JSON)
+    timings_ms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class SearchRecord(Base):
+    """A search as the user saw it, so its results can be judged like an answer's contexts."""
+
+    __tablename__ = "searches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    query: Mapped[str] = mapped_column(Text)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    models: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeedbackRecord(Base):
+    """One feedback event (feedback/events.py shape), committed before the API acknowledges it."""
+
+    __tablename__ = "feedback_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    answer_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    search_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    chunk_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    citation_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # query, contexts, cited, answer, correction, reason, models
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 

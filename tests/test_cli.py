@@ -7,8 +7,8 @@ import sys
 from tests.conftest import REPO
 
 
-def run_cli(*args, data_dir):
-    env = dict(os.environ, CITELOOP_DATA_DIR=str(data_dir))
+def run_cli(*args, data_dir, env=None):
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(data_dir), **(env or {}))
     return subprocess.run([sys.executable, "-m", "citeloop.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -54,3 +54,47 @@ def test_reranker_and_registry_commands_report_bad_input(tmp_path, tiny_beir):
 
     listed = run_cli("models", "list", data_dir=data)
     assert listed.returncode == 0 and "no model versions registered" in listed.stdout
+
+
+def test_ask_and_eval_qa_from_the_command_line(tmp_path):
+    import json
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "kettle.md").write_text("# Kettle\n\nDescale the kettle with white vinegar once a month. Rinse it twice afterwards.\n")
+    data = tmp_path / "var"
+    small = {"CITELOOP_GENERATOR": "smollm2-135m", "CITELOOP_MAX_NEW_TOKENS": "48"}
+    assert run_cli("ingest", str(docs), "--collection", "home", "--quiet", data_dir=data, env=small).returncode == 0
+
+    asked = run_cli("ask", "How often should I descale the kettle?", "--collection", "home", "--json", data_dir=data, env=small)
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    assert {"answer", "abstained", "citations", "contexts", "models", "timings_ms"} <= answer.keys()
+    assert answer["contexts"][0]["doc_id"] == "kettle.md"
+
+    empty = run_cli("ask", "  ", "--collection", "home", data_dir=data, env=small)
+    assert empty.returncode == 1 and "question is empty" in empty.stderr
+    unknown = run_cli("ask", "why?", "--collection", "nope", data_dir=data, env=small)
+    assert unknown.returncode == 1 and "no collection named 'nope'" in unknown.stderr
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        json.dumps({"id": "a", "user_input": "How often should I descale the kettle?", "reference": "once a month", "reference_doc_ids": ["kettle.md"]})
+        + "\n"
+        + json.dumps({"id": "u", "user_input": "Who won the 1966 World Cup final?"})
+        + "\n"
+    )
+    report_path = tmp_path / "qa.json"
+    evaluated = run_cli("eval", "qa", str(questions), "--collection", "home", "--json", str(report_path), data_dir=data, env=small)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(report_path.read_text())
+    assert report["metrics"]["n"] == 2 and report["metrics"]["context_recall_at_k"] == 1.0
+    assert report["metrics"]["refusal_rate_unanswerable"] == 1.0
+    assert [r["id"] for r in report["rows"]] == ["a", "u"]
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"user_input": "fine"}\n{"oops\n')
+    bad = run_cli("eval", "qa", str(broken), "--collection", "home", data_dir=data, env=small)
+    assert bad.returncode == 1 and f"{broken}:2" in bad.stderr
+    both = run_cli("eval", "qa", str(questions), "--collection", "home", "--corpus", str(docs), data_dir=data, env=small)
+    assert both.returncode == 1 and "exactly one of --collection or --corpus" in both.stderr

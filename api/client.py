@@ -1,0 +1,114 @@
+"""A thin Python client for the citeloop API (httpx). Errors raise `CiteloopError` with the API's code and message.
+
+    from api.client import Client
+    with Client("http://127.0.0.1:8000", key) as c:
+        answer = c.ask("python-docs", "How do I read a file line by line?")
+        c.vote(answer["answer_id"], "up")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class CiteloopError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class Client:
+    def __init__(self, base_url: str, key: str | None = None, timeout: float = 300.0):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise CiteloopError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise CiteloopError(response.status_code, "http_error", response.text) from None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    # collections and documents
+    def create_collection(self, name: str) -> dict:
+        return self._call("POST", "/v1/collections", json={"name": name})
+
+    def collections(self) -> list[dict]:
+        return self._call("GET", "/v1/collections")
+
+    def add_documents(self, collection: str, documents: list[dict]) -> dict:
+        return self._call("POST", f"/v1/collections/{collection}/documents", json={"documents": documents})
+
+    def upload(self, collection: str, paths: list[Path]) -> dict:
+        files = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths]
+        return self._call("POST", f"/v1/collections/{collection}/documents", files=files)
+
+    def delete_document(self, collection: str, doc_id: str) -> dict:
+        return self._call("DELETE", f"/v1/collections/{collection}/documents/{doc_id}")
+
+    # answers and search
+    def ask(self, collection: str, question: str, top_k: int | None = None) -> dict:
+        body = {"collection": collection, "question": question} | ({"top_k": top_k} if top_k else {})
+        return self._call("POST", "/v1/ask", json=body)
+
+    def ask_stream(self, collection: str, question: str) -> Iterator[tuple[str, Any]]:
+        """(event, data) pairs: contexts, token..., citations, done (or error)."""
+        body = {"collection": collection, "question": question, "stream": True}
+        with self.http.stream("POST", "/v1/ask", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                error = response.json()["error"]
+                raise CiteloopError(response.status_code, error["code"], error["message"])
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event:
+                    yield event, json.loads(line[6:])
+                    event = None
+
+    def search(self, collection: str, query: str, k: int = 10) -> dict:
+        return self._call("POST", "/v1/search", json={"collection": collection, "query": query, "k": k})
+
+    # feedback
+    def vote(self, answer_id: str, rating: str, comment: str | None = None) -> dict:
+        return self._call("POST", f"/v1/answers/{answer_id}/feedback", json={"rating": rating, "comment": comment})
+
+    def flag(self, answer_id: str, n: int, reason: str) -> dict:
+        return self._call("POST", f"/v1/answers/{answer_id}/citations/{n}/flag", json={"reason": reason})
+
+    def judge(self, chunk_id: str, relevant: bool, answer_id: str | None = None, search_id: str | None = None) -> dict:
+        body = {"chunk_id": chunk_id, "relevant": relevant, "answer_id": answer_id, "search_id": search_id}
+        return self._call("POST", "/v1/judgements", json={k: v for k, v in body.items() if v is not None})
+
+    def correct(self, answer_id: str, answer: str) -> dict:
+        return self._call("POST", f"/v1/answers/{answer_id}/correction", json={"answer": answer})
+
+    def review_queue(self, collection: str) -> list[dict]:
+        return self._call("GET", "/v1/review-queue", params={"collection": collection})
+
+    def export(self, collection: str, since: str | None = None, format: str = "jsonl") -> bytes:
+        params = {"collection": collection, "format": format} | ({"since": since} if since else {})
+        return self._call("GET", "/v1/feedback/export", params=params)
+
+    def erase(self, key_name: str) -> dict:
+        return self._call("DELETE", "/v1/feedback", params={"key_name": key_name})

@@ -1,0 +1,179 @@
+"""Answer evaluation on ragas-style question rows:
+`{"id", "user_input", "reference"?, "reference_answers"?: [...], "reference_doc_ids"?: [...]}`.
+
+A row with neither `reference` nor `reference_answers` is an unanswerable question: the right answer is a
+refusal, and it counts towards `refusal_rate_unanswerable` only.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import string
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from generation.pipeline import Answer
+
+
+class QuestionsFormatError(ValueError):
+    pass
+
+
+@dataclass
+class QuestionRow:
+    id: str
+    question: str
+    references: list[str] = field(default_factory=list)
+    doc_ids: list[str] = field(default_factory=list)
+
+    @property
+    def answerable(self) -> bool:
+        return bool(self.references)
+
+
+def load_questions(path: Path, limit: int | None = None) -> list[QuestionRow]:
+    if not path.is_file():
+        raise QuestionsFormatError(f"{path}: no such file")
+    rows: list[QuestionRow] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise QuestionsFormatError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+            if not isinstance(raw, dict) or not isinstance(raw.get("user_input"), str) or not raw["user_input"].strip():
+                raise QuestionsFormatError(f"{path}:{lineno}: expected an object with a non-empty 'user_input'")
+            references = raw.get("reference_answers") or ([raw["reference"]] if raw.get("reference") else [])
+            if not all(isinstance(r, str) for r in references):
+                raise QuestionsFormatError(f"{path}:{lineno}: 'reference_answers' must be a list of strings")
+            rows.append(
+                QuestionRow(
+                    str(raw.get("id", lineno)), raw["user_input"], list(references), [str(d) for d in raw.get("reference_doc_ids") or []]
+                )
+            )
+            if limit and len(rows) == limit:
+                break
+    if not rows:
+        raise QuestionsFormatError(f"{path}: no questions")
+    return rows
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    common = collections.Counter(pred) & collections.Counter(ref)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _strip_markers(text: str) -> str:
+    from generation.citations import MARKER
+
+    return MARKER.sub("", text)
+
+
+@dataclass
+class ScoredRow:
+    id: str
+    question: str
+    answerable: bool
+    answer: str
+    abstained: bool
+    abstain_reason: str | None
+    citations: list[dict]
+    context_doc_ids: list[str]
+    reference_doc_ids: list[str]
+    answer_f1: float | None
+    contains_reference: bool | None
+    latency_ms: float
+    first_token_ms: float | None
+    error: str | None = None
+
+
+def score_row(row: QuestionRow, answer: Answer) -> ScoredRow:
+    text = _strip_markers(answer.answer)
+    f1 = max((token_f1(text, r) for r in row.references), default=None) if row.answerable else None
+    contains = any(normalize_answer(r) in normalize_answer(text) for r in row.references) if row.answerable else None
+    return ScoredRow(
+        id=row.id,
+        question=row.question,
+        answerable=row.answerable,
+        answer=answer.answer,
+        abstained=answer.abstained,
+        abstain_reason=answer.abstain_reason,
+        citations=[asdict(c) for c in answer.citations],
+        context_doc_ids=[c.doc_id for c in answer.contexts],
+        reference_doc_ids=row.doc_ids,
+        answer_f1=f1 if not answer.abstained else 0.0 if row.answerable else None,
+        contains_reference=contains if not answer.abstained else False if row.answerable else None,
+        latency_ms=answer.timings_ms.get("total", 0.0),
+        first_token_ms=answer.timings_ms.get("first_token"),
+    )
+
+
+def summarize(rows: list[ScoredRow]) -> dict[str, float | int | None]:
+    answerable = [r for r in rows if r.answerable and r.error is None]
+    unanswerable = [r for r in rows if not r.answerable and r.error is None]
+    with_gold = [r for r in answerable if r.reference_doc_ids]
+    supported = [(c, r) for r in with_gold for c in r.citations if c["supported"]]
+
+    def mean(values) -> float | None:
+        values = list(values)
+        return round(float(np.mean(values)), 4) if values else None
+
+    latencies = [r.latency_ms for r in rows if r.error is None]
+    first_tokens = [r.first_token_ms for r in rows if r.first_token_ms is not None]
+    return {
+        "n": len(rows),
+        "answerable": len(answerable),
+        "unanswerable": len(unanswerable),
+        "errors": sum(r.error is not None for r in rows),
+        "answer_f1": mean(r.answer_f1 for r in answerable),
+        "answer_contains_reference": mean(r.contains_reference for r in answerable),
+        "citation_precision": mean(c["doc_id"] in r.reference_doc_ids for c, r in supported),
+        "citation_recall": mean(any(c["supported"] and c["doc_id"] in r.reference_doc_ids for c in r.citations) for r in with_gold),
+        "context_recall_at_k": mean(bool(set(r.context_doc_ids) & set(r.reference_doc_ids)) for r in with_gold),
+        "abstain_rate": mean(r.abstained for r in answerable),
+        "refusal_rate_unanswerable": mean(r.abstained for r in unanswerable),
+        "unsupported_citation_rate": mean(
+            not c["supported"] for r in answerable for c in r.citations
+        ),
+        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
+        "latency_p95_ms": round(float(np.percentile(latencies, 95)), 1) if latencies else None,
+        "first_token_p50_ms": round(float(np.percentile(first_tokens, 50)), 1) if first_tokens else None,
+    }
+
+
+def evaluate_qa(
+    rows: list[QuestionRow], answer: Callable[[str], Answer], on_row: Callable[[ScoredRow], None] | None = None
+) -> dict:
+    """Answer every row; a generation error is recorded against its row and the run goes on."""
+    from generation.engines import GenerationError
+
+    scored: list[ScoredRow] = []
+    for row in rows:
+        try:
+            result = score_row(row, answer(row.question))
+        except GenerationError as exc:
+            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, [], [], row.doc_ids, None, None, 0.0, None, str(exc))
+        scored.append(result)
+        if on_row:
+            on_row(result)
+    return {"metrics": summarize(scored), "rows": [asdict(r) for r in scored]}

@@ -1,0 +1,243 @@
+"""Answers, searches and feedback events in the database: what was shown, and what users said about it.
+
+An event is built from the stored answer or search it refers to (question, exact contexts, citations, model
+versions), validated as a `FeedbackEvent`, and committed in the caller's transaction before the API answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, func, select
+from sqlalchemy.orm import Session
+
+from citeloop.db import AnswerRecord, Collection, FeedbackRecord, SearchRecord, utcnow
+from feedback.events import FeedbackEvent, FeedbackKind
+from generation.pipeline import Answer, context_dict
+from retrieval.retriever import RetrievedChunk
+
+
+class NotFound(LookupError):
+    """No such answer/search/citation in the collections the caller reaches (never says which)."""
+
+
+def collection_id(session: Session, name: str) -> int:
+    found = session.scalar(select(Collection.id).where(Collection.name == name))
+    if found is None:
+        raise NotFound(f"no collection named '{name}'")
+    return found
+
+
+def save_answer(session: Session, answer: Answer, actor: str) -> AnswerRecord:
+    sentences = answer.sentences
+    support = sum(s.supported for s in sentences) / len(sentences) if sentences else (1.0 if answer.abstained else 0.0)
+    record = AnswerRecord(
+        id=answer.answer_id,
+        collection_id=collection_id(session, answer.collection),
+        actor=actor,
+        question=answer.question,
+        answer=answer.answer,
+        abstained=answer.abstained,
+        abstain_reason=answer.abstain_reason,
+        citations=[asdict(c) for c in answer.citations],
+        contexts=[context_dict(c) for c in answer.contexts],
+        support=support,
+        models=answer.models,
+        timings_ms=answer.timings_ms,
+    )
+    session.add(record)
+    return record
+
+
+def save_search(session: Session, collection: str, query: str, hits: list[RetrievedChunk], models: dict, actor: str) -> SearchRecord:
+    record = SearchRecord(
+        id=uuid.uuid4().hex,
+        collection_id=collection_id(session, collection),
+        actor=actor,
+        query=query,
+        results=[context_dict(h) for h in hits],
+        models=models,
+    )
+    session.add(record)
+    return record
+
+
+def _reachable(session: Session, model, record_id: str, collections: tuple[str, ...]):
+    """The record, if it belongs to a collection the caller reaches; otherwise NotFound, as if absent."""
+    row = session.get(model, record_id)
+    if row is None:
+        raise NotFound(f"no {model.__tablename__[:-1]} '{record_id}'")
+    if "*" not in collections:
+        name = session.scalar(select(Collection.name).where(Collection.id == row.collection_id))
+        if name not in collections:
+            raise NotFound(f"no {model.__tablename__[:-1]} '{record_id}'")
+    return row
+
+
+def get_answer(session: Session, answer_id: str, collections: tuple[str, ...]) -> AnswerRecord:
+    return _reachable(session, AnswerRecord, answer_id, collections)
+
+
+def record_event(
+    session: Session,
+    kind: FeedbackKind,
+    actor: str,
+    collections: tuple[str, ...],
+    answer_id: str | None = None,
+    search_id: str | None = None,
+    chunk_id: str | None = None,
+    citation_n: int | None = None,
+    reason: str | None = None,
+    correction: str | None = None,
+) -> FeedbackEvent:
+    """Store one event about a stored answer or search; raises NotFound or ValueError (bad input)."""
+    if answer_id:
+        source = get_answer(session, answer_id, collections)
+        query, shown, text = source.question, source.contexts, source.answer
+        cited = [c["chunk_id"] for c in source.citations]
+        if citation_n is not None:
+            matching = [c for c in source.citations if c["n"] == citation_n]
+            if not matching:
+                raise NotFound(f"answer '{answer_id}' has no citation [{citation_n}]")
+            chunk_id = matching[0]["chunk_id"]
+    elif search_id:
+        source = _reachable(session, SearchRecord, search_id, collections)
+        query, shown, text, cited = source.query, source.results, None, []
+    else:
+        raise ValueError("give an answer_id or a search_id")
+    if chunk_id is not None and chunk_id not in {c["chunk_id"] for c in shown}:
+        raise ValueError(f"chunk '{chunk_id}' was not among the contexts shown")
+    name = session.scalar(select(Collection.name).where(Collection.id == source.collection_id))
+    event = FeedbackEvent(
+        id=uuid.uuid4().hex,
+        kind=kind,
+        collection=name,
+        query=query,
+        actor=actor,
+        created_at=utcnow(),
+        answer_id=answer_id,
+        search_id=search_id,
+        chunk_id=chunk_id,
+        contexts=tuple(c["chunk_id"] for c in shown),
+        cited=tuple(cited),
+        answer=text,
+        correction=correction,
+        reason=reason,
+        models=dict(source.models),
+    )
+    payload = {
+        "query": event.query,
+        "contexts": list(event.contexts),
+        "cited": list(event.cited),
+        "answer": event.answer,
+        "correction": event.correction,
+        "reason": event.reason,
+        "models": event.models,
+    }
+    session.add(
+        FeedbackRecord(
+            id=event.id,
+            kind=kind,
+            collection_id=source.collection_id,
+            actor=actor,
+            answer_id=answer_id,
+            search_id=search_id,
+            chunk_id=chunk_id,
+            citation_n=citation_n,
+            payload=payload,
+            created_at=event.created_at,
+        )
+    )
+    return event
+
+
+def export_rows(session: Session, collection: str, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Every event of the collection with what it refers to: question, contexts (with text), answer,
+    citations, model versions. A vote superseded by a later vote of the same key is marked so."""
+    cid = collection_id(session, collection)
+    query = select(FeedbackRecord).where(FeedbackRecord.collection_id == cid).order_by(FeedbackRecord.created_at, FeedbackRecord.id)
+    if since is not None:
+        query = query.where(FeedbackRecord.created_at >= since)
+    events = session.scalars(query).all()
+    answer_ids = {e.answer_id for e in events if e.answer_id}
+    answers = {a.id: a for a in session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_(answer_ids)))} if answer_ids else {}
+    search_ids = {e.search_id for e in events if e.search_id}
+    searches = {s.id: s for s in session.scalars(select(SearchRecord).where(SearchRecord.id.in_(search_ids)))} if search_ids else {}
+    latest_vote: dict[tuple[str, str], str] = {}
+    for e in events:
+        if e.kind in ("thumbs_up", "thumbs_down"):
+            latest_vote[(e.actor, e.answer_id)] = e.id
+    rows = []
+    for e in events:
+        answer = answers.get(e.answer_id) if e.answer_id else None
+        search = searches.get(e.search_id) if e.search_id else None
+        rows.append(
+            {
+                "event_id": e.id,
+                "kind": e.kind,
+                "collection": collection,
+                "actor": e.actor,
+                "created_at": e.created_at.isoformat(),
+                "answer_id": e.answer_id,
+                "search_id": e.search_id,
+                "chunk_id": e.chunk_id,
+                "citation_n": e.citation_n,
+                "superseded": e.kind in ("thumbs_up", "thumbs_down") and latest_vote.get((e.actor, e.answer_id)) != e.id,
+                **e.payload,
+                "contexts": (answer.contexts if answer else search.results if search else e.payload["contexts"]),
+                "citations": answer.citations if answer else [],
+                "abstained": answer.abstained if answer else None,
+            }
+        )
+    return rows
+
+
+def erase_actor(session: Session, actor: str) -> dict[str, int]:
+    """Right to erasure: the person's events, answers and searches, everywhere. Training snapshots are
+    built from the events table, so later snapshots cannot contain them."""
+    counts = {}
+    for name, model in (("events", FeedbackRecord), ("answers", AnswerRecord), ("searches", SearchRecord)):
+        counts[name] = session.execute(delete(model).where(model.actor == actor)).rowcount or 0
+    return counts
+
+
+def review_queue(session: Session, collection: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Answers most in need of a curator: thumbs-down and flagged first, then low citation support."""
+    cid = collection_id(session, collection)
+    downs = func.sum(case((FeedbackRecord.kind == "thumbs_down", 1), else_=0))
+    flags = func.sum(case((FeedbackRecord.kind == "citation_flag", 1), else_=0))
+    corrected = func.sum(case((FeedbackRecord.kind == "correction", 1), else_=0))
+    counts = (
+        select(FeedbackRecord.answer_id, downs.label("downs"), flags.label("flags"), corrected.label("corrections"))
+        .where(FeedbackRecord.collection_id == cid, FeedbackRecord.answer_id.is_not(None))
+        .group_by(FeedbackRecord.answer_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(AnswerRecord, counts.c.downs, counts.c.flags, counts.c.corrections)
+        .outerjoin(counts, counts.c.answer_id == AnswerRecord.id)
+        .where(AnswerRecord.collection_id == cid)
+    ).all()
+    items = []
+    for answer, downs_n, flags_n, corrections_n in rows:
+        downs_n, flags_n, corrections_n = int(downs_n or 0), int(flags_n or 0), int(corrections_n or 0)
+        if corrections_n or not (downs_n or flags_n or answer.support < 1.0):
+            continue  # corrected already, or nothing to review
+        items.append(
+            {
+                "answer_id": answer.id,
+                "question": answer.question,
+                "answer": answer.answer,
+                "abstained": answer.abstained,
+                "support": answer.support,
+                "thumbs_down": downs_n,
+                "citation_flags": flags_n,
+                "created_at": answer.created_at.isoformat(),
+            }
+        )
+    items.sort(key=lambda i: (-(i["thumbs_down"] + i["citation_flags"]), i["support"], i["created_at"]))
+    return items[:limit]
+

@@ -1,0 +1,250 @@
+"""Inline citations: parse `[n]` markers out of an answer and verify each cited sentence against its chunk.
+
+A citation is supported when the sentence is close to some span of the cited chunk in embedding space
+(MiniLM cosine) and the chunk contains enough of the sentence's content words (BM25's tokeniser: stemmed,
+stopwords out). The best-matching span is returned as the quote, with offsets inside the chunk text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from retrieval.sparse import tokenize
+
+# [1], [1, 2], [1-3], [1][2], [Source 1], [source 2; 3]
+MARKER = re.compile(r"\[\s*(?:sources?\s*)?(\d+(?:\s*(?:[,;]|[-–])\s*(?:sources?\s*)?\d+)*)\s*\]", re.IGNORECASE)
+MAX_RANGE = 20  # [1-999] is a malformed marker, not 999 citations
+
+
+@dataclass(frozen=True)
+class Source:
+    """A numbered source as the generator saw it."""
+
+    n: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+
+
+@dataclass
+class Citation:
+    n: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    quote: str  # the chunk span that best supports the citing sentence
+    start: int  # offsets of `quote` in the chunk text
+    end: int
+    supported: bool
+    similarity: float
+    overlap: float
+    sentence: int  # index into the answer's sentences
+    attributed: bool = False  # added by verification to a sentence the model left uncited
+
+
+@dataclass
+class AnswerSentence:
+    text: str  # without its markers
+    start: int  # offsets in the answer text (markers included)
+    end: int
+    cited: list[int] = field(default_factory=list)  # valid source numbers
+    invalid_markers: list[str] = field(default_factory=list)  # out of range or malformed
+    supported: bool = False  # at least one of its citations is supported
+
+
+@lru_cache(maxsize=1)
+def _sentence_splitter():
+    # Punkt, the sentence tokenizer llama-index's splitters use; span_tokenize keeps offsets.
+    from nltk.tokenize import PunktSentenceTokenizer
+
+    return PunktSentenceTokenizer()
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    return [(s, e) for s, e in _sentence_splitter().span_tokenize(text) if text[s:e].strip()]
+
+
+def _numbers(body: str) -> list[int] | None:
+    """Source numbers in a marker body; None when the marker is malformed."""
+    numbers: list[int] = []
+    for part in re.split(r"\s*[,;]\s*", body):
+        part = re.sub(r"(?i)sources?\s*", "", part)
+        if re.fullmatch(r"\d+\s*[-–]\s*\d+", part):
+            lo, hi = (int(x) for x in re.split(r"\s*[-–]\s*", part))
+            if hi < lo or hi - lo >= MAX_RANGE:
+                return None
+            numbers.extend(range(lo, hi + 1))
+        elif part.isdigit():
+            numbers.append(int(part))
+        else:
+            return None
+    return numbers
+
+
+def split_cited_sentences(answer: str, n_sources: int) -> list[AnswerSentence]:
+    """Sentences with their markers; a marker that opens a sentence ("... end. [2] Next") belongs to the one before."""
+    sentences: list[AnswerSentence] = []
+    for start, end in sentence_spans(answer):
+        chunk = answer[start:end]
+        leading = re.match(r"(\s*" + MARKER.pattern + r")+", chunk, re.IGNORECASE)
+        if leading and sentences:
+            head = chunk[: leading.end()]
+            _attach_markers(sentences[-1], head, n_sources)
+            sentences[-1].end = start + leading.end()
+            start += leading.end()
+            chunk = answer[start:end]
+        if not chunk.strip():
+            continue
+        sentence = AnswerSentence(text="", start=start, end=end)
+        _attach_markers(sentence, chunk, n_sources)
+        sentence.text = re.sub(r"\s+([.,;:!?])", r"\1", MARKER.sub("", chunk)).strip()
+        sentences.append(sentence)
+    return [s for s in sentences if s.text or s.cited or s.invalid_markers]
+
+
+def _attach_markers(sentence: AnswerSentence, text: str, n_sources: int) -> None:
+    for match in MARKER.finditer(text):
+        numbers = _numbers(match.group(1))
+        if numbers is None or any(not 1 <= n <= n_sources for n in numbers):
+            sentence.invalid_markers.append(match.group(0))
+            numbers = [n for n in (numbers or []) if 1 <= n <= n_sources]
+        for n in numbers:
+            if n not in sentence.cited:
+                sentence.cited.append(n)
+
+
+@dataclass(frozen=True)
+class SupportThresholds:
+    min_similarity: float
+    min_overlap: float
+
+
+def content_overlap(sentence: str, passage: str, question: str = "") -> float:
+    """Share of the sentence's content words (stemmed, no stopwords) that occur in the passage.
+
+    Words the sentence shares with the question are left out when others remain: every retrieved passage
+    contains them, so they would make any on-topic sentence look supported ("X is caused by Y" must find Y).
+    """
+    words, passage_words, question_words = tokenize([sentence, passage, question])
+    asked = set(question_words)
+    words = [w for w in words if w not in asked] or words
+    if not words:
+        return 0.0
+    present = set(passage_words)
+    return sum(w in present for w in words) / len(words)
+
+
+class SpanEncoder:
+    """Candidate quotes of a chunk (each sentence and each pair of neighbours) with their embeddings, cached
+    per chunk id: a chunk id names immutable text."""
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], cache_size: int = 4096):
+        self.embed = embed
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[list[tuple[int, int]], np.ndarray]] = {}
+
+    def spans(self, sources: Sequence[Source]) -> dict[int, tuple[list[tuple[int, int]], np.ndarray]]:
+        missing = [s for s in sources if s.chunk_id not in self._cache]
+        if missing:
+            texts, owners = [], []
+            for source in missing:
+                single = sentence_spans(source.text) or [(0, len(source.text))]
+                spans = single + [(a[0], b[1]) for a, b in zip(single, single[1:])]
+                texts += [source.text[a:b] for a, b in spans]
+                owners.append((source.chunk_id, spans))
+            vectors, offset = self.embed(texts), 0
+            if len(self._cache) + len(owners) > self.cache_size:
+                self._cache.clear()
+            for chunk_id, spans in owners:
+                self._cache[chunk_id] = (spans, vectors[offset : offset + len(spans)])
+                offset += len(spans)
+        return {s.n: self._cache[s.chunk_id] for s in sources}
+
+
+def verify_citations(
+    question: str,
+    sentences: Sequence[AnswerSentence],
+    sources: Sequence[Source],
+    encoder: SpanEncoder,
+    thresholds: SupportThresholds,
+    attribute_uncited: bool = True,
+) -> list[Citation]:
+    """One Citation per (sentence, cited source); sets each sentence's `supported`.
+
+    A sentence the model left uncited is attributed to the source that supports it best, when one passes
+    both thresholds (small models often answer correctly but forget the marker); such citations are marked
+    `attributed` and `[n]` is added to the answer by `with_attributed_markers`.
+    """
+    claim_rows = [i for i, s in enumerate(sentences) if s.text and (s.cited or attribute_uncited)]
+    if not claim_rows or not sources:
+        return []
+    by_n = {s.n: s for s in sources}
+    spans = encoder.spans(sources)
+    claims = encoder.embed([sentences[i].text for i in claim_rows])
+    citations: list[Citation] = []
+    for row, i in enumerate(claim_rows):
+        sentence = sentences[i]
+        candidates = sentence.cited or ([] if sentence.invalid_markers else [s.n for s in sources])
+        checked = [_check(question, sentence.text, claims[row], by_n[n], spans[n], thresholds, i) for n in candidates]
+        if sentence.cited:
+            chosen = checked
+        else:  # uncited: keep the best supported source, if any
+            supported = [c for c in checked if c.supported]
+            chosen = [max(supported, key=lambda c: (c.similarity, c.overlap))] if supported else []
+            for c in chosen:
+                c.attributed = True
+                sentence.cited.append(c.n)
+        sentence.supported = any(c.supported for c in chosen)
+        citations += chosen
+    return citations
+
+
+def _check(question: str, text: str, claim: np.ndarray, source: Source, spans, thresholds: SupportThresholds, sentence: int) -> Citation:
+    offsets, vectors = spans
+    sims = vectors @ claim
+    best = int(np.argmax(sims))
+    start, end = offsets[best]
+    similarity = float(sims[best])
+    overlap = content_overlap(text, source.text, question)
+    return Citation(
+        n=source.n,
+        chunk_id=source.chunk_id,
+        doc_id=source.doc_id,
+        title=source.title,
+        quote=source.text[start:end],
+        start=start,
+        end=end,
+        supported=similarity >= thresholds.min_similarity and overlap >= thresholds.min_overlap,
+        similarity=round(similarity, 4),
+        overlap=round(overlap, 4),
+        sentence=sentence,
+    )
+
+
+def with_attributed_markers(answer: str, sentences: Sequence[AnswerSentence], citations: Sequence[Citation]) -> str:
+    """The answer with `[n]` added to each sentence whose citation was attributed (before its final
+    punctuation); the sentences' offsets are moved to match the returned text."""
+    marks: dict[int, list[int]] = {}
+    for c in citations:
+        if c.attributed:
+            marks.setdefault(c.sentence, []).append(c.n)
+    pieces, cursor, shift = [], 0, 0
+    for i, sentence in enumerate(sentences):
+        start, end = sentence.start, sentence.end
+        if i in marks:
+            core = answer[start:end].rstrip().rstrip(".!?;:")
+            tag = " " + "".join(f"[{n}]" for n in marks[i])
+            pieces.append(answer[cursor : start + len(core)] + tag)
+            cursor = start + len(core)
+            sentence.start, sentence.end = start + shift, end + shift + len(tag)
+            shift += len(tag)
+        else:
+            sentence.start, sentence.end = start + shift, end + shift
+    pieces.append(answer[cursor:])
+    return "".join(pieces)

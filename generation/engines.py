@@ -1,0 +1,200 @@
+"""Inference engines behind one interface: chat messages in, answer text streamed out, token by token.
+
+- `LlamaCppGenerator` serves a GGUF with llama.cpp (decoding is memory-bound on a CPU: the quantised GGUF
+  reads ~0.5 GB per token where fp32 reads ~2.5 GB);
+- `TransformersGenerator` serves a transformers folder (the GGUF's safetensors cache, or a user's model).
+Both use the model's own chat template and the same sampling settings.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import citeloop  # noqa: F401  (offline switches first)
+from citeloop.config import Settings, get_settings
+from generation.models import GeneratorWeights, resolve_generator, safetensors_cache
+
+
+class GenerationError(RuntimeError):
+    """The generator failed or ran out of time; what it produced is not an answer."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SamplingParams:
+        return cls(settings.max_new_tokens, settings.temperature, settings.top_p, settings.seed, settings.generation_timeout_s)
+
+
+class Generator(Protocol):
+    model_id: str  # name@digest: names the exact weights that wrote an answer
+    engine: str
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams) -> Iterator[str]: ...
+
+
+def _threads(settings: Settings) -> int:
+    return settings.generator_threads or os.cpu_count() or 1
+
+
+class LlamaCppGenerator:
+    engine = "llama-cpp"
+
+    def __init__(self, weights: GeneratorWeights, settings: Settings):
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise GenerationError(
+                "the llama-cpp engine needs llama-cpp-python: pip install 'llama-cpp-python==0.3.36' "
+                "(or set CITELOOP_GENERATOR_ENGINE=transformers)"
+            ) from exc
+        assert weights.gguf is not None
+        self.model_id = f"{weights.name}@{weights.digest[:12]}"
+        threads = _threads(settings)
+        self.llm = Llama(
+            model_path=str(weights.gguf),
+            n_ctx=settings.context_window,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=512,
+            seed=settings.seed,
+            verbose=False,
+        )
+        self._lock = threading.Lock()  # one llama.cpp context decodes one sequence at a time
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams) -> Iterator[str]:
+        deadline = time.monotonic() + params.timeout_s
+        with self._lock:
+            self.llm.reset()
+            chunks = self.llm.create_chat_completion(
+                messages=messages,
+                stream=True,
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+            )
+            try:
+                for chunk in chunks:
+                    if time.monotonic() > deadline:
+                        raise GenerationError(f"generation took longer than {params.timeout_s:.0f} s")
+                    text = chunk["choices"][0]["delta"].get("content")
+                    if text:
+                        yield text
+            except GenerationError:
+                raise
+            except Exception as exc:  # llama.cpp reports decode failures as plain RuntimeErrors
+                raise GenerationError(f"generation failed: {exc}") from exc
+            finally:
+                chunks.close()
+
+
+class TransformersGenerator:
+    engine = "transformers"
+
+    def __init__(self, weights: GeneratorWeights, settings: Settings):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = safetensors_cache(weights, settings)
+        torch.set_num_threads(_threads(settings))
+        self.model_id = f"{weights.name}@{weights.digest[:12]}"
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        deadline = time.monotonic() + params.timeout_s
+        timed_out = threading.Event()
+
+        class Deadline(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                if time.monotonic() > deadline:
+                    timed_out.set()
+                    return True
+                return False
+
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = params.temperature > 0
+        kwargs = dict(
+            **inputs,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else None,
+            top_p=params.top_p if sampling else None,
+            top_k=None,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([Deadline()]),
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                torch.manual_seed(params.seed)
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as exc:  # surfaced to the consumer below
+                failure.append(exc)
+                streamer.end()
+
+        with self._lock:
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            for text in streamer:
+                if text:
+                    yield text
+            worker.join()
+        if failure:
+            raise GenerationError(f"generation failed: {failure[0]}") from failure[0]
+        if timed_out.is_set():
+            raise GenerationError(f"generation took longer than {params.timeout_s:.0f} s")
+
+
+_loaded: dict[tuple, Generator] = {}
+_loaded_lock = threading.Lock()
+
+
+def engine_for(weights: GeneratorWeights, settings: Settings) -> str:
+    if settings.generator_engine != "auto":
+        return settings.generator_engine
+    return "llama-cpp" if weights.gguf is not None else "transformers"
+
+
+def load_generator(settings: Settings | None = None, name: str | None = None) -> Generator:
+    """One loaded generator per model, engine and runtime configuration (loads take seconds)."""
+    settings = settings or get_settings()
+    weights = resolve_generator(name or settings.generator, settings)
+    engine = engine_for(weights, settings)
+    if engine == "llama-cpp" and weights.gguf is None:
+        raise GenerationError(f"{weights.hf_dir}: the llama-cpp engine needs a GGUF file; use CITELOOP_GENERATOR_ENGINE=transformers")
+    key = (weights.digest, engine, settings.context_window, _threads(settings), str(settings.model_cache_dir))
+    with _loaded_lock:
+        if key not in _loaded:
+            cls = LlamaCppGenerator if engine == "llama-cpp" else TransformersGenerator
+            _loaded[key] = cls(weights, settings)
+        return _loaded[key]
+

@@ -1,0 +1,56 @@
+"""The grounded prompt: numbered sources, then the question; the model's own chat template wraps it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from generation.citations import Source
+
+REFUSAL = "I don't know."
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources you are given.\n"
+    "- Answer in one to three short sentences, copying the facts from the sources.\n"
+    "- End every sentence with the number of the source it comes from, like [1] or [2][3].\n"
+    f"- If the sources do not contain the answer, reply exactly: {REFUSAL}"
+)
+# What small models write when they decline; checked on the answer's first sentence only.
+DECLINED = re.compile(
+    r"\b(i (do not|don'?t) know|i (cannot|can'?t|am unable to) (answer|find|determine|say)|"
+    r"(sources?|context|documents?|passages?|text) (do|does) not (contain|mention|provide|say|include|specify)|"
+    r"(is|are) not (mentioned|provided|specified|stated|given) in the (sources?|context|documents?|passages?)|"
+    r"no information)\b",
+    re.IGNORECASE,
+)
+
+
+def format_source(source: Source) -> str:
+    title = f"{source.title}\n" if source.title else ""
+    return f"[{source.n}] {title}{source.text.strip()}"
+
+
+def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:
+    body = "\n\n".join(format_source(s) for s in sources)
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"Sources:\n\n{body}\n\nQuestion: {question.strip()}"},
+    ]
+
+
+def fit_sources(
+    question: str, sources: Sequence[Source], count_tokens: Callable[[str], int], budget: int
+) -> list[Source]:
+    """The leading sources whose prompt fits `budget` tokens (the best-ranked come first)."""
+    used = count_tokens(SYSTEM_PROMPT) + count_tokens(question) + 32  # template and headers
+    kept: list[Source] = []
+    for source in sources:
+        cost = count_tokens(format_source(source)) + 2
+        if used + cost > budget:
+            break
+        kept.append(source)
+        used += cost
+    return kept
+
+
+def declined(answer: str, first_sentence: str) -> bool:
+    return not answer.strip() or bool(DECLINED.search(first_sentence))

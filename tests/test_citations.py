@@ -1,0 +1,108 @@
+"""Citation parsing and verification: markers in every shape a small model writes, verified with the real embedder."""
+
+import pytest
+
+from generation.citations import (
+    Source,
+    SpanEncoder,
+    SupportThresholds,
+    content_overlap,
+    split_cited_sentences,
+    verify_citations,
+    with_attributed_markers,
+)
+from generation.prompt import declined
+
+SOURCES = [
+    Source(1, "c1", "d1", "Files", "The open() function returns a file object. Use the with statement so the file is closed."),
+    Source(2, "c2", "d2", "Lists", "list.append(x) adds an item to the end of the list. list.sort() sorts the list in place."),
+    Source(3, "c3", "d3", "Weather", "Rain is expected in the north on Tuesday, with strong winds near the coast."),
+]
+
+
+def test_marker_shapes_map_to_source_numbers():
+    answer = "A [1]. B [1, 2]. C [2-3]. D [1][3]. E [Source 2]. F [sources 1; 3]."
+    cited = [s.cited for s in split_cited_sentences(answer, 3)]
+    assert cited == [[1], [1, 2], [2, 3], [1, 3], [2], [1, 3]]
+
+
+def test_out_of_range_and_malformed_markers_never_point_at_a_chunk():
+    sentences = split_cited_sentences("Zero [0]. Seven [7]. Huge range [1-999]. Mixed [2, 9].", 3)
+    assert [s.cited for s in sentences] == [[], [], [], [2]]
+    assert [s.invalid_markers for s in sentences] == [["[0]"], ["[7]"], ["[1-999]"], ["[2, 9]"]]
+
+
+def test_marker_after_the_full_stop_belongs_to_the_sentence_before():
+    sentences = split_cited_sentences("Files are closed by with. [1] Lists grow with append. [2]", 3)
+    assert [(s.text, s.cited) for s in sentences] == [("Files are closed by with.", [1]), ("Lists grow with append.", [2])]
+
+
+def test_sentence_text_drops_markers_and_keeps_offsets_into_the_answer():
+    answer = "Use open() [1]. Then append [2]."
+    sentences = split_cited_sentences(answer, 3)
+    assert [s.text for s in sentences] == ["Use open().", "Then append."]
+    assert answer[sentences[1].start : sentences[1].end] == "Then append [2]."
+
+
+def test_no_markers_and_empty_answers():
+    assert [s.cited for s in split_cited_sentences("Plain text without citations.", 3)] == [[]]
+    assert split_cited_sentences("", 3) == []
+    assert split_cited_sentences("[1]", 3)[0].cited == [1]
+
+
+THRESHOLDS = SupportThresholds(0.5, 0.4)
+
+
+@pytest.fixture(scope="module")
+def spans():
+    from citeloop.config import Settings
+    from retrieval.embedder import load_embedder
+
+    return SpanEncoder(load_embedder(Settings()).embed)
+
+
+def test_supported_citation_quotes_the_matching_span(spans):
+    sentences = split_cited_sentences(
+        "The open() function returns a file object [1]. list.sort() sorts the list in place [2].", 3
+    )
+    citations = verify_citations("How do files and lists work?", sentences, SOURCES, spans, THRESHOLDS)
+    assert [(c.n, c.chunk_id, c.supported) for c in citations] == [(1, "c1", True), (2, "c2", True)]
+    for c in citations:
+        source = SOURCES[c.n - 1]
+        assert source.text[c.start : c.end] == c.quote
+    assert "sorts the list in place" in citations[1].quote
+    assert all(s.supported for s in sentences)
+
+
+def test_citation_of_the_wrong_chunk_is_unsupported(spans):
+    sentences = split_cited_sentences("list.append(x) adds an item to the end of the list [3].", 3)
+    (citation,) = verify_citations("What does append do?", sentences, SOURCES, spans, THRESHOLDS)
+    assert citation.chunk_id == "c3" and not citation.supported and not citation.attributed
+    assert not sentences[0].supported
+
+
+def test_an_on_topic_sentence_with_a_fact_the_chunk_lacks_is_unsupported(spans):
+    question = "What does the open() function return?"
+    sentences = split_cited_sentences("The open() function returns a socket handle [1].", 3)
+    (citation,) = verify_citations(question, sentences, SOURCES, spans, THRESHOLDS)
+    assert not citation.supported
+    assert content_overlap("open() returns a socket handle", SOURCES[0].text, question) == 0.0
+    assert content_overlap("open() returns a file object", SOURCES[0].text, question) == 1.0
+
+
+def test_uncited_sentence_is_attributed_to_its_best_source_and_the_marker_added(spans):
+    answer = "Use the with statement so the file is closed. Bananas are yellow."
+    sentences = split_cited_sentences(answer, 3)
+    citations = verify_citations("How do I make sure a file is closed?", sentences, SOURCES, spans, THRESHOLDS)
+    assert [(c.n, c.attributed, c.supported, c.sentence) for c in citations] == [(1, True, True, 0)]
+    assert [s.supported for s in sentences] == [True, False]
+    marked = with_attributed_markers(answer, sentences, citations)
+    assert marked == "Use the with statement so the file is closed [1]. Bananas are yellow."
+    assert [marked[s.start : s.end].strip() for s in sentences] == ["Use the with statement so the file is closed [1].", "Bananas are yellow."]
+
+
+def test_refusals_are_recognised():
+    assert declined("I don't know.", "I don't know.")
+    assert declined("The sources do not mention the capital.", "The sources do not mention the capital.")
+    assert declined("   ", "")
+    assert not declined("Use open() [1].", "Use open().")
