@@ -422,7 +422,10 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
             except GenerationError as exc:
                 yield _sse("error", {"error": {"code": "generation_failed", "message": str(exc)}})
             finally:
-                events.close()
+                try:
+                    events.close()
+                except ValueError:  # the client left while a worker thread was inside the generator; it ends there
+                    pass
                 services.generation_queue.release()
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

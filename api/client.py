@@ -70,9 +70,9 @@ class Client:
         body = {"collection": collection, "question": question} | ({"top_k": top_k} if top_k else {})
         return self._call("POST", "/v1/ask", json=body)
 
-    def ask_stream(self, collection: str, question: str) -> Iterator[tuple[str, Any]]:
+    def ask_stream(self, collection: str, question: str, top_k: int | None = None) -> Iterator[tuple[str, Any]]:
         """(event, data) pairs: contexts, token..., citations, done (or error)."""
-        body = {"collection": collection, "question": question, "stream": True}
+        body = {"collection": collection, "question": question, "stream": True} | ({"top_k": top_k} if top_k else {})
         with self.http.stream("POST", "/v1/ask", json=body) as response:
             if response.status_code >= 400:
                 response.read()

@@ -143,47 +143,81 @@ def ask(
     top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, max=50, help="Sources given to the generator.")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, citations and contexts as JSON.")] = False,
+    remote: Annotated[Optional[str], typer.Option("--remote", envvar="CITELOOP_REMOTE_URL", help="Ask a citeloop server (URL) instead of answering here.")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", envvar="CITELOOP_API_KEY", help="API key for --remote.")] = None,
 ) -> None:
     """Answer from the collection's documents, with verified [n] citations (or an explicit abstention)."""
-    from generation.engines import GenerationError
-    from generation.pipeline import AnswerPipeline, DoneEvent, QuestionError, TokenEvent
-    from citeloop.modelpkg import ModelPackageError
-    from retrieval.retriever import UnknownCollectionError
+    from api.client import CiteloopError
 
     answer = None
     try:
-        for event in AnswerPipeline(collection).stream(question, top_k):
-            if isinstance(event, TokenEvent) and stream and not as_json:
-                console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
-            elif isinstance(event, DoneEvent):
-                answer = event.answer
-    except (QuestionError, UnknownCollectionError, GenerationError, ModelPackageError) as exc:
+        events = _remote_answer_events(remote, key, collection, question, top_k) if remote else _answer_events(collection, question, top_k)
+        for name, data in events:
+            if name == "token" and stream and not as_json:
+                console.print(data["text"], end="", markup=False, highlight=False, soft_wrap=True)
+            elif name == "error":
+                raise CiteloopError(502, data["error"]["code"], data["error"]["message"])
+            elif name == "done":
+                answer = data
+    except CiteloopError as exc:
         if stream:
             console.print()
-        fail(str(exc))
+        fail(exc.message)
     assert answer is not None
     if as_json:
-        console.print_json(json.dumps(answer.to_dict()))
+        console.print_json(json.dumps(answer))
         return
     if stream:
         console.print()
-        if answer.abstained:
+        if answer["abstained"]:
             console.print("[yellow](withdrawn: this draft is not an answer)[/]")
-    if answer.abstained or not stream:
-        console.print(answer.answer, markup=False, highlight=False)
-    if answer.abstained:
+    if answer["abstained"] or not stream:
+        console.print(answer["answer"], markup=False, highlight=False)
+    if answer["abstained"]:
         from generation.pipeline import ABSTAIN_REASONS
 
-        console.print(f"[yellow]abstained:[/] {ABSTAIN_REASONS[answer.abstain_reason]}")
+        console.print(f"[yellow]abstained:[/] {ABSTAIN_REASONS[answer['abstain_reason']]}")
     else:
         table = Table("n", "supported", "document", "quote")
-        for c in answer.citations:
-            table.add_row(str(c.n), "yes" if c.supported else "[red]no[/]", c.title or c.doc_id, " ".join(c.quote.split())[:200])
+        for c in answer["citations"]:
+            table.add_row(str(c["n"]), "yes" if c["supported"] else "[red]no[/]", c["title"] or c["doc_id"], " ".join(c["quote"].split())[:200])
         console.print(table)
-        if answer.unsupported_sentences:
-            console.print(f"[yellow]{len(answer.unsupported_sentences)} sentence(s) have no supported citation[/]")
-    timings = " ".join(f"{k}={v:.0f}ms" for k, v in answer.timings_ms.items())
-    console.print(f"[dim]{answer.models['generator']} reranker={answer.models['reranker'] or '-'} {timings}[/]")
+        if answer["unsupported_sentences"]:
+            console.print(f"[yellow]{len(answer['unsupported_sentences'])} sentence(s) have no supported citation[/]")
+    timings = " ".join(f"{k}={v:.0f}ms" for k, v in answer["timings_ms"].items())
+    console.print(f"[dim]{answer['models']['generator']} reranker={answer['models']['reranker'] or '-'} {timings}[/]")
+
+
+def _answer_events(collection: str, question: str, top_k: int | None):
+    """The local pipeline's events in the API's shape: ("token", {"text"}) ... ("done", answer dict)."""
+    from api.client import CiteloopError
+    from citeloop.modelpkg import ModelPackageError
+    from generation.engines import GenerationError
+    from generation.pipeline import AnswerPipeline, DoneEvent, QuestionError, TokenEvent
+    from retrieval.retriever import UnknownCollectionError
+
+    try:
+        for event in AnswerPipeline(collection).stream(question, top_k):
+            if isinstance(event, TokenEvent):
+                yield "token", {"text": event.text}
+            elif isinstance(event, DoneEvent):
+                yield "done", event.answer.to_dict()
+    except (QuestionError, UnknownCollectionError, GenerationError, ModelPackageError) as exc:
+        raise CiteloopError(1, type(exc).__name__, str(exc)) from None
+
+
+def _remote_answer_events(url: str, key: str | None, collection: str, question: str, top_k: int | None):
+    import httpx
+
+    from api.client import CiteloopError, Client
+
+    if not key:
+        fail("--remote needs --key (or CITELOOP_API_KEY)")
+    try:
+        with Client(url, key) as client:
+            yield from client.ask_stream(collection, question, top_k)
+    except httpx.TransportError as exc:
+        raise CiteloopError(0, "unreachable", f"cannot reach {url}: {exc}") from None
 
 
 @eval_app.command("qa")

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     citation_min_overlap: float = Field(
         0.4, ge=0, le=1, description="Share of a cited sentence's content words its chunk must contain to count as supported."
     )
+    answer_min_support: float = Field(
+        0.5, ge=0, le=1, description="Abstain when fewer than this share of the answer's claims have a supported citation."
+    )
     abstain_min_evidence: float = Field(
         0.3, ge=-1, le=1, description="Abstain without generating when the best context's dense cosine is below this."
     )

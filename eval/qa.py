@@ -97,6 +97,7 @@ class ScoredRow:
     answer: str
     abstained: bool
     abstain_reason: str | None
+    draft: str  # what the generator wrote (differs from `answer` for abstentions)
     citations: list[dict]
     context_doc_ids: list[str]
     reference_doc_ids: list[str]
@@ -118,6 +119,7 @@ def score_row(row: QuestionRow, answer: Answer) -> ScoredRow:
         answer=answer.answer,
         abstained=answer.abstained,
         abstain_reason=answer.abstain_reason,
+        draft=answer.draft,
         citations=[asdict(c) for c in answer.citations],
         context_doc_ids=[c.doc_id for c in answer.contexts],
         reference_doc_ids=row.doc_ids,
@@ -172,7 +174,7 @@ def evaluate_qa(
         try:
             result = score_row(row, answer(row.question))
         except GenerationError as exc:
-            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, [], [], row.doc_ids, None, None, 0.0, None, str(exc))
+            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, str(exc))
         scored.append(result)
         if on_row:
             on_row(result)

@@ -32,8 +32,8 @@ def collection_id(session: Session, name: str) -> int:
 
 
 def save_answer(session: Session, answer: Answer, actor: str) -> AnswerRecord:
-    sentences = answer.sentences
-    support = sum(s.supported for s in sentences) / len(sentences) if sentences else (1.0 if answer.abstained else 0.0)
+    claims = [s for s in answer.sentences if s.is_claim]
+    support = sum(s.supported for s in claims) / len(claims) if claims else (1.0 if answer.abstained else 0.0)
     record = AnswerRecord(
         id=answer.answer_id,
         collection_id=collection_id(session, answer.collection),
@@ -196,12 +196,19 @@ def export_rows(session: Session, collection: str, since: datetime | None = None
 
 
 def erase_actor(session: Session, actor: str) -> dict[str, int]:
-    """Right to erasure: the person's events, answers and searches, everywhere. Training snapshots are
-    built from the events table, so later snapshots cannot contain them."""
-    counts = {}
-    for name, model in (("events", FeedbackRecord), ("answers", AnswerRecord), ("searches", SearchRecord)):
-        counts[name] = session.execute(delete(model).where(model.actor == actor)).rowcount or 0
-    return counts
+    """Right to erasure: the person's events, answers and searches, everywhere, and other people's events
+    about the person's answers and searches (they repeat the question). Training snapshots are built from the
+    events table, so later snapshots cannot contain any of it."""
+    answer_ids = select(AnswerRecord.id).where(AnswerRecord.actor == actor)
+    search_ids = select(SearchRecord.id).where(SearchRecord.actor == actor)
+    events = session.execute(
+        delete(FeedbackRecord).where(
+            (FeedbackRecord.actor == actor) | FeedbackRecord.answer_id.in_(answer_ids) | FeedbackRecord.search_id.in_(search_ids)
+        )
+    ).rowcount
+    answers = session.execute(delete(AnswerRecord).where(AnswerRecord.actor == actor)).rowcount
+    searches = session.execute(delete(SearchRecord).where(SearchRecord.actor == actor)).rowcount
+    return {"events": events or 0, "answers": answers or 0, "searches": searches or 0}
 
 
 def review_queue(session: Session, collection: str, limit: int = 50) -> list[dict[str, Any]]:

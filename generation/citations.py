@@ -14,11 +14,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from retrieval.sparse import tokenize
 
 # [1], [1, 2], [1-3], [1][2], [Source 1], [source 2; 3]
 MARKER = re.compile(r"\[\s*(?:sources?\s*)?(\d+(?:\s*(?:[,;]|[-–])\s*(?:sources?\s*)?\d+)*)\s*\]", re.IGNORECASE)
 MAX_RANGE = 20  # [1-999] is a malformed marker, not 999 citations
+MIN_CLAIM_WORDS = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ class AnswerSentence:
     cited: list[int] = field(default_factory=list)  # valid source numbers
     invalid_markers: list[str] = field(default_factory=list)  # out of range or malformed
     supported: bool = False  # at least one of its citations is supported
+
+    @property
+    def is_claim(self) -> bool:
+        """Fragments with fewer than MIN_CLAIM_WORDS content words ("1.", "Yes.") state nothing to verify."""
+        return len(content_words(self.text)) >= MIN_CLAIM_WORDS
 
 
 @lru_cache(maxsize=1)
@@ -125,13 +130,36 @@ class SupportThresholds:
     min_overlap: float
 
 
+@lru_cache(maxsize=1)
+def _stopwords() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+# Words about the sources themselves ("According to the sources, ...", "Based on the information provided in
+# the text, ..."): small models open answers with them; they claim nothing a passage could contain.
+META_WORDS = frozenset(
+    "according based information provided source sources text texts passage passages context document documents "
+    "paper article study mentioned stated states answer question".split()
+)
+
+
+def content_words(text: str) -> list[str]:
+    """Stemmed words without stopwords, numbers kept ("9 antigens" must find the 9): the unit of overlap."""
+    from retrieval.sparse import stem
+
+    stop = _stopwords() | META_WORDS
+    return [stem(w) for w in re.findall(r"\w+", text.lower()) if w not in stop and (len(w) > 1 or w.isdigit())]
+
+
 def content_overlap(sentence: str, passage: str, question: str = "") -> float:
-    """Share of the sentence's content words (stemmed, no stopwords) that occur in the passage.
+    """Share of the sentence's content words that occur in the passage.
 
     Words the sentence shares with the question are left out when others remain: every retrieved passage
     contains them, so they would make any on-topic sentence look supported ("X is caused by Y" must find Y).
     """
-    words, passage_words, question_words = tokenize([sentence, passage, question])
+    words, passage_words, question_words = content_words(sentence), content_words(passage), content_words(question)
     asked = set(question_words)
     words = [w for w in words if w not in asked] or words
     if not words:
@@ -177,11 +205,12 @@ def verify_citations(
 ) -> list[Citation]:
     """One Citation per (sentence, cited source); sets each sentence's `supported`.
 
-    A sentence the model left uncited is attributed to the source that supports it best, when one passes
-    both thresholds (small models often answer correctly but forget the marker); such citations are marked
-    `attributed` and `[n]` is added to the answer by `with_attributed_markers`.
+    A sentence the model left uncited, or cited to a source that does not support it, is attributed to the
+    source that supports it best, when one passes both thresholds (small models often answer correctly but
+    forget the marker or pick the wrong number); such citations are marked `attributed` and `[n]` is added to
+    the answer by `with_attributed_markers`.
     """
-    claim_rows = [i for i, s in enumerate(sentences) if s.text and (s.cited or attribute_uncited)]
+    claim_rows = [i for i, s in enumerate(sentences) if s.is_claim and (s.cited or attribute_uncited)]
     if not claim_rows or not sources:
         return []
     by_n = {s.n: s for s in sources}
@@ -190,16 +219,17 @@ def verify_citations(
     citations: list[Citation] = []
     for row, i in enumerate(claim_rows):
         sentence = sentences[i]
-        candidates = sentence.cited or ([] if sentence.invalid_markers else [s.n for s in sources])
-        checked = [_check(question, sentence.text, claims[row], by_n[n], spans[n], thresholds, i) for n in candidates]
-        if sentence.cited:
-            chosen = checked
-        else:  # uncited: keep the best supported source, if any
-            supported = [c for c in checked if c.supported]
-            chosen = [max(supported, key=lambda c: (c.similarity, c.overlap))] if supported else []
-            for c in chosen:
-                c.attributed = True
-                sentence.cited.append(c.n)
+        chosen = [_check(question, sentence.text, claims[row], by_n[n], spans[n], thresholds, i) for n in sentence.cited]
+        if attribute_uncited and not any(c.supported for c in chosen):
+            # Uncited, or cited wrongly: the source that supports the sentence best, if any passes. The model's
+            # own unsupported citations stay, flagged, beside it.
+            others = [_check(question, sentence.text, claims[row], s, spans[s.n], thresholds, i) for s in sources if s.n not in sentence.cited]
+            supported = [c for c in others if c.supported]
+            if supported:
+                best = max(supported, key=lambda c: (c.similarity, c.overlap))
+                best.attributed = True
+                sentence.cited.append(best.n)
+                chosen.append(best)
         sentence.supported = any(c.supported for c in chosen)
         citations += chosen
     return citations

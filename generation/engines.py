@@ -81,7 +81,6 @@ class LlamaCppGenerator:
     def stream(self, messages: list[dict[str, str]], params: SamplingParams) -> Iterator[str]:
         deadline = time.monotonic() + params.timeout_s
         with self._lock:
-            self.llm.reset()
             chunks = self.llm.create_chat_completion(
                 messages=messages,
                 stream=True,

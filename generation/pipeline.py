@@ -40,7 +40,7 @@ ABSTAIN_REASONS = {
     "no_contexts": "the collection returned no passages for this question",
     "weak_evidence": "no passage is close enough to the question",
     "model_declined": "the sources do not contain the answer",
-    "unsupported": "no sentence of the draft answer is supported by the passage it cites",
+    "unsupported": "too few sentences of the draft answer are supported by the passages (CITELOOP_ANSWER_MIN_SUPPORT)",
 }
 
 
@@ -61,7 +61,7 @@ class Answer:
 
     @property
     def unsupported_sentences(self) -> list[int]:
-        return [i for i, s in enumerate(self.sentences) if not s.supported]
+        return [i for i, s in enumerate(self.sentences) if s.is_claim and not s.supported]
 
     def to_dict(self) -> dict:
         """The JSON shape of an answer (CLI --json, eval rows, API)."""
@@ -185,7 +185,8 @@ class AnswerPipeline:
             return
         citations = verify_citations(question, sentences, sources, self.spans, self.thresholds)
         timings["verify"] = _ms(verify_start)
-        if not any(s.supported for s in sentences):
+        claims = [s for s in sentences if s.is_claim]
+        if not claims or sum(s.supported for s in claims) / len(claims) < self.settings.answer_min_support:
             yield finish(REFUSAL, "unsupported", draft=draft)
             return
         yield finish(with_attributed_markers(draft, sentences, citations), None, sentences, citations, draft=draft)

@@ -92,16 +92,16 @@ def site(tmp_path_factory):
         root.create_collection("team-b")
         root.upload("team-a", [TUTORIAL / "inputoutput.rst.txt", TUTORIAL / "datastructures.rst.txt"])
         root.add_documents("team-b", [{"id": "kettle", "title": "Kettle", "text": "Descale the kettle with vinegar once a month."}])
-        yield base, keys
+        yield base, keys, env
 
 
 def client(site, who: str) -> Client:
-    base, keys = site
+    base, keys, _ = site
     return Client(base, keys[who])
 
 
 def test_openapi_health_and_metrics_need_no_key(site):
-    base, _ = site
+    base, _, _ = site
     assert httpx.get(base + "/healthz").json()["status"] == "ok"
     spec = httpx.get(base + "/openapi.json").json()
     assert {"/v1/ask", "/v1/search", "/v1/feedback/export", "/v1/review-queue"} <= spec["paths"].keys()
@@ -193,8 +193,38 @@ def test_streaming_sends_contexts_tokens_citations_done(site):
     assert done["answer_id"] and (done["abstained"] or done["citations"] is not None)
 
 
+def test_rate_limit_per_key_answers_429_with_retry_after(site, tmp_path):
+    base, _, env = site
+    burst = subprocess.run(
+        [sys.executable, "-m", "citeloop.cli", "keys", "create", "--name", "burst", "--role", "reader", "--collections", "team-a"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.strip()
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {burst}"}) as http:
+        statuses = [http.get("/v1/collections") for _ in range(700)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited and all(r.status_code == 200 for r in statuses[:500])
+    assert limited[0].json()["error"]["code"] == "rate_limited" and int(limited[0].headers["Retry-After"]) >= 1
+    assert httpx.get(base + "/v1/collections", headers={"Authorization": f"Bearer {site[1]['alice']}"}).status_code == 200
+
+
+def test_cli_remote_mode_asks_the_server(site):
+    base, keys, _ = site
+    env = dict(os.environ, CITELOOP_API_KEY=keys["alice"])
+    out = subprocess.run(
+        [sys.executable, "-m", "citeloop.cli", "ask", "How do I read a file line by line?", "-c", "team-a", "--remote", base, "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["answer_id"]
+    denied = subprocess.run(
+        [sys.executable, "-m", "citeloop.cli", "ask", "kettle?", "-c", "team-b", "--remote", base],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert denied.returncode == 1 and "no collection named 'team-b'" in denied.stderr
+
+
 def test_bad_input_is_a_json_4xx_never_a_500(site):
-    base, keys = site
+    base, keys, _ = site
     auth = {"Authorization": f"Bearer {keys['alice']}"}
     cases = [
         ("POST", "/v1/ask", {"content": b"{not json", "headers": auth | {"Content-Type": "application/json"}}, 422),
@@ -231,10 +261,12 @@ def test_erasure_removes_a_persons_events_and_answers(site):
     bob, root = client(site, "bob"), client(site, "root")
     answer = bob.ask("team-b", "How often should I descale the kettle?")
     bob.vote(answer["answer_id"], "up")
+    root.vote(answer["answer_id"], "down")  # someone else's event about bob's question goes too
     assert any(json.loads(l)["actor"] == "bob" for l in root.export("team-b").decode().splitlines())
     erased = root.erase("bob")
-    assert erased["events"] >= 1 and erased["answers"] >= 1
-    assert not any(json.loads(l)["actor"] == "bob" for l in root.export("team-b").decode().splitlines())
+    assert erased["events"] >= 2 and erased["answers"] >= 1
+    rows = [json.loads(l) for l in root.export("team-b").decode().splitlines()]
+    assert not any(r["actor"] == "bob" or r["answer_id"] == answer["answer_id"] for r in rows)
     with pytest.raises(CiteloopError) as caught:
         bob.vote(answer["answer_id"], "down")
     assert caught.value.status == 404

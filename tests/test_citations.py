@@ -74,11 +74,18 @@ def test_supported_citation_quotes_the_matching_span(spans):
     assert all(s.supported for s in sentences)
 
 
-def test_citation_of_the_wrong_chunk_is_unsupported(spans):
-    sentences = split_cited_sentences("list.append(x) adds an item to the end of the list [3].", 3)
-    (citation,) = verify_citations("What does append do?", sentences, SOURCES, spans, THRESHOLDS)
-    assert citation.chunk_id == "c3" and not citation.supported and not citation.attributed
-    assert not sentences[0].supported
+def test_citation_of_the_wrong_chunk_is_unsupported_and_the_right_one_attributed(spans):
+    answer = "list.append(x) adds an item to the end of the list [3]."
+    sentences = split_cited_sentences(answer, 3)
+    wrong, right = verify_citations("What does append do?", sentences, SOURCES, spans, THRESHOLDS)
+    assert (wrong.chunk_id, wrong.supported, wrong.attributed) == ("c3", False, False)
+    assert (right.chunk_id, right.supported, right.attributed) == ("c2", True, True)
+    assert sentences[0].supported and sentences[0].cited == [3, 2]
+    assert with_attributed_markers(answer, sentences, [wrong, right]) == "list.append(x) adds an item to the end of the list [3] [2]."
+
+    strict = split_cited_sentences(answer, 3)
+    (only,) = verify_citations("What does append do?", strict, SOURCES, spans, THRESHOLDS, attribute_uncited=False)
+    assert not only.supported and not strict[0].supported
 
 
 def test_an_on_topic_sentence_with_a_fact_the_chunk_lacks_is_unsupported(spans):
@@ -106,3 +113,11 @@ def test_refusals_are_recognised():
     assert declined("The sources do not mention the capital.", "The sources do not mention the capital.")
     assert declined("   ", "")
     assert not declined("Use open() [1].", "Use open().")
+
+
+def test_fragments_state_nothing_and_get_no_citation(spans):
+    sentences = split_cited_sentences("Steps: 1. Open the file. 2. Use the with statement so the file is closed.", 3)
+    fragments = [s for s in sentences if not s.is_claim]
+    assert fragments, [s.text for s in sentences]
+    citations = verify_citations("How do I close a file?", sentences, SOURCES, spans, THRESHOLDS)
+    assert all(sentences[c.sentence].is_claim for c in citations)

@@ -98,3 +98,26 @@ def test_ask_and_eval_qa_from_the_command_line(tmp_path):
     assert bad.returncode == 1 and f"{broken}:2" in bad.stderr
     both = run_cli("eval", "qa", str(questions), "--collection", "home", "--corpus", str(docs), data_dir=data, env=small)
     assert both.returncode == 1 and "exactly one of --collection or --corpus" in both.stderr
+
+
+def test_key_commands(tmp_path):
+    data = tmp_path / "var"
+    first = run_cli("keys", "bootstrap", data_dir=data)
+    assert first.returncode == 0 and "created admin key 'admin'" in first.stdout and "cl_" in first.stdout
+    again = run_cli("keys", "bootstrap", data_dir=data)
+    assert again.returncode == 0 and "an admin key exists already" in again.stdout
+
+    made = run_cli("keys", "create", "--name", "alice", "--role", "reader", "--collections", "a,b", data_dir=data)
+    assert made.returncode == 0 and made.stdout.startswith("cl_")
+    twice = run_cli("keys", "create", "--name", "alice", "--role", "reader", "--collections", "a", data_dir=data)
+    assert twice.returncode == 1 and "a key named 'alice' exists" in twice.stderr
+    bad_role = run_cli("keys", "create", "--name", "bob", "--role", "owner", "--collections", "a", data_dir=data)
+    assert bad_role.returncode == 1 and "unknown role 'owner'" in bad_role.stderr
+
+    assert run_cli("keys", "revoke", "admin", data_dir=data).returncode == 0
+    listed = run_cli("keys", "list", data_dir=data)
+    assert "alice" in listed.stdout and "a,b" in listed.stdout and made.stdout.strip() not in listed.stdout
+    replaced = run_cli("keys", "bootstrap", data_dir=data)
+    assert "created admin key 'admin-2'" in replaced.stdout
+    unknown = run_cli("keys", "revoke", "nobody", data_dir=data)
+    assert unknown.returncode == 1 and "no key named 'nobody'" in unknown.stderr
