@@ -150,6 +150,20 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
         version=citeloop.__version__,
         description="Grounded question answering with verified citations, and the feedback that improves it.",
     )
+    def openapi() -> dict:
+        """The generated schema, plus the document models the ingestion route reads from a raw body."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            body = DocumentsIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["DocumentsIn"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     services = Services(settings)
     app.state.services = services
     if warm_up:
@@ -265,7 +279,7 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
         openapi_extra={
             "requestBody": {
                 "content": {
-                    "application/json": {"schema": DocumentsIn.model_json_schema(ref_template="#/components/schemas/{model}")},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DocumentsIn"}},
                     "multipart/form-data": {
                         "schema": {"type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
                     },

@@ -95,6 +95,7 @@ class CitationOut(BaseModel):
     supported: bool
     similarity: float
     overlap: float
+    relevance: float
     attributed: bool
 
 

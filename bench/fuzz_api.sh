@@ -19,5 +19,6 @@ trap 'kill $SERVER; rm -rf "$DATA"' EXIT
 until curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null; do sleep 1; done
 "$ST" run "http://127.0.0.1:$PORT/openapi.json" -H "Authorization: Bearer $KEY" \
   --checks not_a_server_error --max-examples "$MAX_EXAMPLES" --report junit --report-dir "$DATA/report" || status=$?
-echo "5xx responses in the server log: $(grep -c '" 5[0-9][0-9] ' "$DATA/server.log" || true)"
+# /readyz answers 503 until the models are loaded: the wait loop above, not a failure.
+echo "5xx responses in the server log (readiness polls excluded): $(grep -v '/readyz' "$DATA/server.log" | grep -c '" 5[0-9][0-9] ' || true)"
 exit ${status:-0}

@@ -225,7 +225,8 @@ def eval_qa(
     questions: Annotated[Path, typer.Argument(help="JSONL rows {id, user_input, reference?, reference_answers?, reference_doc_ids?}.")],
     collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Answer from this collection.")] = None,
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Or a BEIR directory, ingested once into an eval collection.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="First N questions only.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="N questions only.")] = None,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N questions (e.g. tune on 0-99, report on 100-199).")] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-question rows here.")] = None,
 ) -> None:
     """Answer quality: token F1, citation precision/recall, context recall, abstention, latency."""
@@ -241,7 +242,7 @@ def eval_qa(
     if (collection is None) == (corpus is None):
         fail("give exactly one of --collection or --corpus")
     try:
-        rows = load_questions(questions, limit)
+        rows = load_questions(questions, limit, offset)
         name = collection or ensure_eval_collection(corpus, show_progress=True)
         pipeline = AnswerPipeline(name)
         with progress_bar("answering", len(rows), enabled=True) as advance:

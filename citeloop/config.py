@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     citation_min_overlap: float = Field(
         0.4, ge=0, le=1, description="Share of a cited sentence's content words its chunk must contain to count as supported."
     )
+    citation_min_relevance: float = Field(
+        0.25, ge=-1, le=1, description="Cosine (MiniLM) a cited sentence needs with the question: copied text that does not answer supports nothing."
+    )
     answer_min_support: float = Field(
         0.5, ge=0, le=1, description="Abstain when fewer than this share of the answer's claims have a supported citation."
     )

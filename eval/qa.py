@@ -36,13 +36,17 @@ class QuestionRow:
         return bool(self.references)
 
 
-def load_questions(path: Path, limit: int | None = None) -> list[QuestionRow]:
+def load_questions(path: Path, limit: int | None = None, offset: int = 0) -> list[QuestionRow]:
     if not path.is_file():
         raise QuestionsFormatError(f"{path}: no such file")
     rows: list[QuestionRow] = []
+    seen = 0
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
+                continue
+            seen += 1
+            if seen <= offset:
                 continue
             try:
                 raw = json.loads(line)

@@ -44,6 +44,7 @@ class Citation:
     supported: bool
     similarity: float
     overlap: float
+    relevance: float  # of the citing sentence to the question
     sentence: int  # index into the answer's sentences
     attributed: bool = False  # added by verification to a sentence the model left uncited
 
@@ -126,8 +127,9 @@ def _attach_markers(sentence: AnswerSentence, text: str, n_sources: int) -> None
 
 @dataclass(frozen=True)
 class SupportThresholds:
-    min_similarity: float
-    min_overlap: float
+    min_similarity: float  # sentence vs the best span of the cited chunk
+    min_overlap: float  # the sentence's new content words found in the chunk
+    min_relevance: float = 0.0  # sentence vs the question: a copied passage that does not answer supports nothing
 
 
 @lru_cache(maxsize=1)
@@ -215,15 +217,18 @@ def verify_citations(
         return []
     by_n = {s.n: s for s in sources}
     spans = encoder.spans(sources)
-    claims = encoder.embed([sentences[i].text for i in claim_rows])
+    vectors = encoder.embed([question] + [sentences[i].text for i in claim_rows])
+    claims = vectors[1:]
+    relevance = claims @ vectors[0]
     citations: list[Citation] = []
     for row, i in enumerate(claim_rows):
         sentence = sentences[i]
-        chosen = [_check(question, sentence.text, claims[row], by_n[n], spans[n], thresholds, i) for n in sentence.cited]
+        check = lambda source: _check(question, sentence.text, claims[row], float(relevance[row]), source, spans[source.n], thresholds, i)  # noqa: E731
+        chosen = [check(by_n[n]) for n in sentence.cited]
         if attribute_uncited and not any(c.supported for c in chosen):
             # Uncited, or cited wrongly: the source that supports the sentence best, if any passes. The model's
             # own unsupported citations stay, flagged, beside it.
-            others = [_check(question, sentence.text, claims[row], s, spans[s.n], thresholds, i) for s in sources if s.n not in sentence.cited]
+            others = [check(s) for s in sources if s.n not in sentence.cited]
             supported = [c for c in others if c.supported]
             if supported:
                 best = max(supported, key=lambda c: (c.similarity, c.overlap))
@@ -235,7 +240,9 @@ def verify_citations(
     return citations
 
 
-def _check(question: str, text: str, claim: np.ndarray, source: Source, spans, thresholds: SupportThresholds, sentence: int) -> Citation:
+def _check(
+    question: str, text: str, claim: np.ndarray, relevance: float, source: Source, spans, thresholds: SupportThresholds, sentence: int
+) -> Citation:
     offsets, vectors = spans
     sims = vectors @ claim
     best = int(np.argmax(sims))
@@ -250,9 +257,12 @@ def _check(question: str, text: str, claim: np.ndarray, source: Source, spans, t
         quote=source.text[start:end],
         start=start,
         end=end,
-        supported=similarity >= thresholds.min_similarity and overlap >= thresholds.min_overlap,
+        supported=(
+            similarity >= thresholds.min_similarity and overlap >= thresholds.min_overlap and relevance >= thresholds.min_relevance
+        ),
         similarity=round(similarity, 4),
         overlap=round(overlap, 4),
+        relevance=round(relevance, 4),
         sentence=sentence,
     )
 

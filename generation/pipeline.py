@@ -108,7 +108,9 @@ class AnswerPipeline:
     def __post_init__(self) -> None:
         self.search = RankedSearch(self.collection, self.settings)
         self.generator: Generator = load_generator(self.settings)
-        self.thresholds = SupportThresholds(self.settings.citation_min_similarity, self.settings.citation_min_overlap)
+        self.thresholds = SupportThresholds(
+            self.settings.citation_min_similarity, self.settings.citation_min_overlap, self.settings.citation_min_relevance
+        )
         self.spans = SpanEncoder(self.search.retriever.embedder.embed)
 
     def check_question(self, question: str) -> str:

@@ -52,8 +52,9 @@ def write_build(
     staging.mkdir()
     dense, kind = build_dense_index(vectors, settings.hnsw_min_chunks, settings.hnsw_m)
     DenseIndex(dense).save(staging / DENSE_FILE)
-    if bm25_texts:
-        BM25Index.build(bm25_texts, settings.bm25_method).save(staging / BM25_DIR)
+    bm25 = BM25Index.build(bm25_texts, settings.bm25_method) if bm25_texts else None
+    if bm25 is not None:
+        bm25.save(staging / BM25_DIR)
     (staging / ROWS_FILE).write_text(json.dumps(chunk_ids))
     for name in os.listdir(staging):
         _fsync(staging / name)

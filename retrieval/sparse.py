@@ -33,9 +33,14 @@ class BM25Index:
         self.model = model
 
     @classmethod
-    def build(cls, texts: list[str], method: str = "lucene") -> BM25Index:
+    def build(cls, texts: list[str], method: str = "lucene") -> BM25Index | None:
+        """None when no text has an indexable word (only stopwords or digits): bm25s cannot index an empty
+        vocabulary, and such a collection is served by dense retrieval alone."""
+        tokens = tokenize(texts)
+        if not any(tokens):
+            return None
         model = bm25s.BM25(method=method)
-        model.index(tokenize(texts), show_progress=False)
+        model.index(tokens, show_progress=False)
         return cls(model)
 
     def save(self, directory: Path) -> None:

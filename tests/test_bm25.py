@@ -39,3 +39,7 @@ def test_mask_restricts_candidates():
     index = BM25Index.build(["apple pie", "apple tart", "pear"], method="lucene")
     rows, _ = index.search("apple", 5, mask=np.array([False, True, True]))
     assert rows.tolist() == [1]
+
+
+def test_a_corpus_without_indexable_words_has_no_bm25_index():
+    assert BM25Index.build(["0", "the of", "a"], method="lucene") is None
