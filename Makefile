@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # Re-install only when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 DEMO_CORPUS := corpora/python-docs/sources
+# Two server processes: the API's Python is single-threaded per process, and on 2 cores one process writes
+# ~230 feedback events/s while answers are generated, two ~560/s (bench/README.md).
+WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
 export RAGAS_DO_NOT_TRACK := true
@@ -43,9 +46,9 @@ run: ingest-demo
 	$(VENV)/bin/citeloop keys bootstrap
 	@echo "citeloop serves on http://127.0.0.1:8000 — try (KEY = the admin key above, or one from 'citeloop keys create'):"
 	@echo "  curl -s http://127.0.0.1:8000/healthz"
-	@echo "  curl -s -H \"Authorization: Bearer \$$KEY\" -H 'Content-Type: application/json' http://127.0.0.1:8000/v1/ask -d '{\"collection\": \"python-docs\", \"question\": \"How do I read a file line by line?\"}'"
-	@echo "  $(VENV)/bin/citeloop ask 'How do I read a file line by line?' --collection python-docs --stream"
-	$(VENV)/bin/citeloop serve
+	@echo "  curl -s -H \"Authorization: Bearer \$$KEY\" -H 'Content-Type: application/json' http://127.0.0.1:8000/v1/ask -d '{\"collection\": \"python-docs\", \"question\": \"How do I sort a list in place?\"}'"
+	@echo "  $(VENV)/bin/citeloop ask 'How do I sort a list in place?' --collection python-docs --stream"
+	$(VENV)/bin/citeloop serve --workers $(WORKERS)
 
 test: install
 	$(PY) -m pytest -q -ra

@@ -191,15 +191,7 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}, 500)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.REQUEST_SECONDS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+    app.add_middleware(metrics.RequestTimer)
 
     # ---- auth -----------------------------------------------------------------------------------------
     def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:

@@ -2,7 +2,7 @@
 
     from api.client import Client
     with Client("http://127.0.0.1:8000", key) as c:
-        answer = c.ask("python-docs", "How do I read a file line by line?")
+        answer = c.ask("python-docs", "How do I sort a list in place?")
         c.vote(answer["answer_id"], "up")
 """
 

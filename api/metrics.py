@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from citeloop.config import Settings
@@ -20,6 +22,30 @@ FEEDBACK = Counter("citeloop_feedback_events_total", "Feedback events committed,
 ACTIVE_MODEL = Gauge(
     "citeloop_active_model_info", "1 for each active model version", ["collection", "kind", "version"], registry=REGISTRY
 )
+
+
+class RequestTimer:
+    """Pure ASGI middleware (no per-request task or body copying): latency by method, route template, status."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def record_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUEST_SECONDS.labels(scope["method"], route, str(status["code"])).observe(time.perf_counter() - started)
 
 
 def observe_answer(answer) -> None:

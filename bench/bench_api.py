@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--collection", default="python-docs")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="`citeloop serve --workers`.")
     parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:
@@ -72,7 +73,7 @@ def main() -> None:
     key = create_key(f"bench-{uuid.uuid4().hex[:8]}", "admin", ["*"], settings)
     port = free_port()
     env = dict(os.environ, CITELOOP_DATA_DIR=str(args.data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="100000000")
-    server = subprocess.Popen([sys.executable, "-m", "citeloop.cli", "serve", "--port", str(port)], cwd=REPO, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, "-m", "citeloop.cli", "serve", "--port", str(port), "--workers", str(args.workers)], cwd=REPO, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
@@ -148,6 +149,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "database": "postgresql" if settings.database_url else "sqlite",
         "collection": args.collection,
+        "workers": args.workers,
         "search": search,
         "feedback": feedback,
     }
@@ -160,7 +162,7 @@ def render_table(result: dict) -> str:
     s, f = result["search"], result["feedback"]
     return "\n".join(
         [
-            f"Machine: {result['machine']['cpus']} CPUs ({result['machine']['processor']}); {result['database']}, collection `{result['collection']}`, one `citeloop serve` process.",
+            f"Machine: {result['machine']['cpus']} CPUs ({result['machine']['processor']}); {result['database']}, collection `{result['collection']}`, `citeloop serve --workers {result.get('workers', 1)}`.",
             "",
             "| measure | value |",
             "|---|---|",
