@@ -137,11 +137,6 @@ class Services:
                 self._searches[collection] = RankedSearch(collection, self.settings)
             return self._searches[collection]
 
-    def forget(self, collection: str) -> None:
-        with self._lock:
-            self._pipelines.pop(collection, None)
-            self._searches.pop(collection, None)
-
 
 def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAPI:
     settings = settings or get_settings()
@@ -330,16 +325,16 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
             return ingest(items, collection, settings)
 
     async def _known_collection(collection: str) -> None:
-        from sqlalchemy import select
+        from feedback.store import NotFound, collection_id
 
-        from citeloop.db import Collection
-
-        def exists() -> bool:
+        def check() -> None:
             with session_scope(settings) as session:
-                return session.scalar(select(Collection.id).where(Collection.name == collection)) is not None
+                collection_id(session, collection)
 
-        if not await run_in_threadpool(exists):
-            raise not_found(f"no collection named '{collection}'")
+        try:
+            await run_in_threadpool(check)
+        except NotFound as exc:
+            raise not_found(str(exc)) from None
 
     @app.delete("/v1/collections/{collection}/documents/{doc_id:path}", response_model=DeleteResult, responses=ERRORS, tags=["collections"])
     def delete_document(collection: str, doc_id: str, caller: Admin) -> DeleteResult:
@@ -460,7 +455,7 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
 
         try:
             with session_scope(settings) as session:
-                event = record_event(session, kind, caller.name, caller.collections, **fields)
+                event = record_event(session, kind, caller, **fields)
         except NotFound as exc:
             raise not_found(str(exc)) from None
         except ValueError as exc:

@@ -76,9 +76,8 @@ def main() -> None:
 
     from eval.qa import evaluate_qa, load_questions
     from eval.retrieval import ensure_eval_collection
-    from generation.citations import Source
     from generation.engines import load_generator
-    from generation.pipeline import AnswerPipeline
+    from generation.pipeline import AnswerPipeline, numbered_sources
     from generation.prompt import build_messages, fit_sources
     from retrieval.rerank import RankedSearch
 
@@ -99,8 +98,7 @@ def main() -> None:
         prompts, prompt_tokens = [], []
         for row in rows[: args.prompts]:
             hits = search.search(row.question, k=settings.answer_contexts).hits
-            sources = [Source(n, h.chunk_id, h.doc_id, h.title, h.text) for n, h in enumerate(hits, start=1)]
-            messages = build_messages(row.question, fit_sources(row.question, sources, generator.count_tokens, budget))
+            messages = build_messages(row.question, fit_sources(row.question, numbered_sources(hits), generator.count_tokens, budget))
             prompts.append(messages)
             prompt_tokens.append(sum(generator.count_tokens(m["content"]) for m in messages))
         print(f"{engine}: timing {len(prompts)} prompts ({statistics.median(prompt_tokens):.0f} tokens median)", flush=True)

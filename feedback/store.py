@@ -15,6 +15,7 @@ from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
 from citeloop.db import AnswerRecord, Collection, FeedbackRecord, SearchRecord, utcnow
+from citeloop.keys import Principal
 from feedback.events import FeedbackEvent, FeedbackKind
 from generation.pipeline import Answer, context_dict
 from retrieval.retriever import RetrievedChunk
@@ -65,27 +66,20 @@ def save_search(session: Session, collection: str, query: str, hits: list[Retrie
     return record
 
 
-def _reachable(session: Session, model, record_id: str, collections: tuple[str, ...]):
-    """The record, if it belongs to a collection the caller reaches; otherwise NotFound, as if absent."""
-    row = session.get(model, record_id)
-    if row is None:
+def _reachable(session: Session, model, record_id: str, caller: Principal):
+    """The record and its collection's name, if the caller reaches that collection; otherwise NotFound, as if absent."""
+    found = session.execute(
+        select(model, Collection.name).join(Collection, Collection.id == model.collection_id).where(model.id == record_id)
+    ).first()
+    if found is None or not caller.reaches(found[1]):
         raise NotFound(f"no {model.__tablename__[:-1]} '{record_id}'")
-    if "*" not in collections:
-        name = session.scalar(select(Collection.name).where(Collection.id == row.collection_id))
-        if name not in collections:
-            raise NotFound(f"no {model.__tablename__[:-1]} '{record_id}'")
-    return row
-
-
-def get_answer(session: Session, answer_id: str, collections: tuple[str, ...]) -> AnswerRecord:
-    return _reachable(session, AnswerRecord, answer_id, collections)
+    return found
 
 
 def record_event(
     session: Session,
     kind: FeedbackKind,
-    actor: str,
-    collections: tuple[str, ...],
+    caller: Principal,
     answer_id: str | None = None,
     search_id: str | None = None,
     chunk_id: str | None = None,
@@ -95,7 +89,7 @@ def record_event(
 ) -> FeedbackEvent:
     """Store one event about a stored answer or search; raises NotFound or ValueError (bad input)."""
     if answer_id:
-        source = get_answer(session, answer_id, collections)
+        source, name = _reachable(session, AnswerRecord, answer_id, caller)
         query, shown, text = source.question, source.contexts, source.answer
         cited = [c["chunk_id"] for c in source.citations]
         if citation_n is not None:
@@ -104,19 +98,18 @@ def record_event(
                 raise NotFound(f"answer '{answer_id}' has no citation [{citation_n}]")
             chunk_id = matching[0]["chunk_id"]
     elif search_id:
-        source = _reachable(session, SearchRecord, search_id, collections)
+        source, name = _reachable(session, SearchRecord, search_id, caller)
         query, shown, text, cited = source.query, source.results, None, []
     else:
         raise ValueError("give an answer_id or a search_id")
     if chunk_id is not None and chunk_id not in {c["chunk_id"] for c in shown}:
         raise ValueError(f"chunk '{chunk_id}' was not among the contexts shown")
-    name = session.scalar(select(Collection.name).where(Collection.id == source.collection_id))
     event = FeedbackEvent(
         id=uuid.uuid4().hex,
         kind=kind,
         collection=name,
         query=query,
-        actor=actor,
+        actor=caller.name,
         created_at=utcnow(),
         answer_id=answer_id,
         search_id=search_id,
@@ -142,7 +135,7 @@ def record_event(
             id=event.id,
             kind=kind,
             collection_id=source.collection_id,
-            actor=actor,
+            actor=caller.name,
             answer_id=answer_id,
             search_id=search_id,
             chunk_id=chunk_id,

@@ -139,7 +139,7 @@ class AnswerPipeline:
         found = self.search.search(question, k=top_k or self.settings.answer_contexts)
         timings["retrieve"] = _ms(started)
         budget = self.settings.context_window - self.settings.max_new_tokens
-        sources = fit_sources(question, _sources(found.hits), self.generator.count_tokens, budget)
+        sources = fit_sources(question, numbered_sources(found.hits), self.generator.count_tokens, budget)
         contexts = found.hits[: len(sources)]
         models = {"reranker": found.reranker, "generator": self.generator.model_id, "embedder": EMBEDDER_ID}
         yield ContextsEvent(contexts)
@@ -194,7 +194,8 @@ class AnswerPipeline:
         yield finish(with_attributed_markers(draft, sentences, citations), None, sentences, citations, draft=draft)
 
 
-def _sources(hits: list[RetrievedChunk]) -> list[Source]:
+def numbered_sources(hits: list[RetrievedChunk]) -> list[Source]:
+    """Hits as the prompt numbers them: [1] is the best-ranked."""
     return [Source(n, h.chunk_id, h.doc_id, h.title, h.text) for n, h in enumerate(hits, start=1)]
 
 
