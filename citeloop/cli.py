@@ -299,7 +299,8 @@ def train_reranker_command(
     frozen_layers: Annotated[int, typer.Option("--frozen-layers", min=0, help="Bottom encoder layers kept fixed.")] = 0,
     hard_negatives: Annotated[int, typer.Option("--hard-negatives", min=0)] = 4,
     in_batch_negatives: Annotated[int, typer.Option("--in-batch-negatives", min=1, help="MNRL: other queries' passages per query.")] = 1,
-    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (AVX512-BF16 CPUs, GPUs).")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (GPUs, AMX CPUs; slower on AVX512-BF16 alone).")] = False,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, help="Training truncation of query + chunk (serving keeps rerank_max_tokens).")] = 192,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: none).")] = -1,
     seed: Annotated[int, typer.Option("--seed")] = 12,
 ) -> None:
@@ -313,7 +314,8 @@ def train_reranker_command(
         fail(f"--loss must be mnrl, cached-mnrl or bce, not '{loss}'")
     args = RerankerTrainingArgs(
         loss=loss, epochs=epochs, learning_rate=learning_rate, head_learning_rate=head_learning_rate, frozen_layers=frozen_layers,
-        hard_negatives=hard_negatives, in_batch_negatives=in_batch_negatives, bf16=bf16, batch_size=batch_size, max_steps=max_steps, seed=seed,
+        hard_negatives=hard_negatives, in_batch_negatives=in_batch_negatives, bf16=bf16, batch_size=batch_size, max_tokens=max_tokens, max_steps=max_steps,
+        seed=seed,
     )
     try:
         report = train_from_beir(beir, split, args, promote_if_better=promote, show_progress=True)
@@ -344,7 +346,7 @@ def models_list(
         gate = v.metrics.get("gate", {})
         table.add_row(
             v.id, v.collection, v.kind, v.status, v.parent_id or "-", v.snapshot_id[:12],
-            str(v.metrics.get("val_ndcg@10_after", "-")), "passed" if gate.get("passed") else ("failed" if gate else "-"),
+            str(v.metrics.get("val_ndcg@10", "-")), "passed" if gate.get("passed") else ("failed" if gate else "-"),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     console.print(table)
