@@ -42,6 +42,7 @@ def test_training_registers_a_candidate_with_its_snapshot_and_gate(trained, tiny
     assert (version.path / "cross-encoder").is_dir() and (version.path / COMBINER_FILE).is_file()
     assert len(version.snapshot_id) == 64
     assert version.metrics["steps"] == 2
+    assert 0 <= version.metrics["val_ndcg@10"] <= 1  # the cross-encoder alone on the validation split
     assert version.metrics["gate"]["baseline_name"] == "hybrid retrieval"
     held_out = holdout_queries(tiny_beir, "test", settings.eval_holdout)
     trained_on = {line.split('"query_id": "')[1].split('"')[0] for line in (version.path / "examples.jsonl").read_text().splitlines()}
