@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 import citeloop  # noqa: F401  (offline switches first)
+from feedback.cross_encoder_trainer import RerankerTrainingArgs
 
 app = typer.Typer(help="citeloop: grounded question answering over your documents.", no_args_is_help=True)
 collections_app = typer.Typer(help="List and delete collections.", no_args_is_help=True)
@@ -26,6 +28,7 @@ app.add_typer(keys_app, name="keys")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs and greps
+TRAINING_DEFAULTS = RerankerTrainingArgs()  # the CLI's training options default to the trainer's own
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -291,28 +294,31 @@ def train_reranker_command(
     beir: Annotated[Path, typer.Option("--beir", help="BEIR directory whose qrels label the training queries.")],
     split: Annotated[str, typer.Option("--split", help="Qrels split to train on (part is held out for the gate).")] = "train",
     promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
-    loss: Annotated[str, typer.Option("--loss", help="mnrl, cached-mnrl or bce.")] = "mnrl",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 4,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 16,
-    head_learning_rate: Annotated[float, typer.Option("--head-lr", help="Learning rate of the fresh head.")] = 1e-3,
-    frozen_layers: Annotated[int, typer.Option("--frozen-layers", min=0, help="Bottom encoder layers kept fixed.")] = 0,
-    hard_negatives: Annotated[int, typer.Option("--hard-negatives", min=0)] = 4,
-    in_batch_negatives: Annotated[int, typer.Option("--in-batch-negatives", min=1, help="MNRL: other queries' passages per query.")] = 1,
-    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (GPUs, AMX CPUs; slower on AVX512-BF16 alone).")] = False,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, help="Training truncation of query + chunk (serving keeps rerank_max_tokens).")] = 192,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: none).")] = -1,
-    seed: Annotated[int, typer.Option("--seed")] = 12,
+    loss: Annotated[str, typer.Option("--loss", help="mnrl, cached-mnrl or bce.")] = TRAINING_DEFAULTS.loss,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = TRAINING_DEFAULTS.epochs,
+    learning_rate: Annotated[float, typer.Option("--lr")] = TRAINING_DEFAULTS.learning_rate,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = TRAINING_DEFAULTS.batch_size,
+    head_learning_rate: Annotated[float, typer.Option("--head-lr", help="Learning rate of the fresh head.")] = TRAINING_DEFAULTS.head_learning_rate,
+    frozen_layers: Annotated[int, typer.Option("--frozen-layers", min=0, help="Bottom encoder layers kept fixed.")] = TRAINING_DEFAULTS.frozen_layers,
+    hard_negatives: Annotated[int, typer.Option("--hard-negatives", min=0)] = TRAINING_DEFAULTS.hard_negatives,
+    in_batch_negatives: Annotated[int, typer.Option("--in-batch-negatives", min=1, help="MNRL: other queries' passages per query.")] = TRAINING_DEFAULTS.in_batch_negatives,
+    bf16: Annotated[
+        Optional[bool], typer.Option("--bf16/--no-bf16", help="bfloat16 autocast (default: on with a CUDA GPU; slower on CPUs without AMX).")
+    ] = TRAINING_DEFAULTS.bf16,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, help="Training truncation of query + chunk (serving keeps rerank_max_tokens).")] = TRAINING_DEFAULTS.max_tokens,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: none).")] = TRAINING_DEFAULTS.max_steps,
+    seed: Annotated[int, typer.Option("--seed")] = TRAINING_DEFAULTS.seed,
 ) -> None:
     """Train a cross-encoder reranker on a BEIR collection, gate it on held-out queries, optionally promote it."""
     from citeloop.registry import RegistryError
     from eval.beir import BeirFormatError
     from feedback.reranker_loop import train_from_beir
-    from feedback.train_reranker import RerankerTrainingArgs, TrainingDataError
+    from feedback.train_reranker import TrainingDataError
 
     if loss not in ("mnrl", "cached-mnrl", "bce"):
         fail(f"--loss must be mnrl, cached-mnrl or bce, not '{loss}'")
-    args = RerankerTrainingArgs(
+    args = replace(
+        TRAINING_DEFAULTS,
         loss=loss, epochs=epochs, learning_rate=learning_rate, head_learning_rate=head_learning_rate, frozen_layers=frozen_layers,
         hard_negatives=hard_negatives, in_batch_negatives=in_batch_negatives, bf16=bf16, batch_size=batch_size, max_tokens=max_tokens, max_steps=max_steps,
         seed=seed,

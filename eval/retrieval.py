@@ -68,6 +68,11 @@ def score_runs(qrels: dict[str, dict[str, int]], runs: dict[str, dict[str, dict[
 STAGES = (*MODES, "rerank")
 
 
+def search_depth(settings: Settings) -> int:
+    """Chunks retrieved per query: documents split into several chunks need more than RUN_DEPTH to fill the run."""
+    return max(settings.candidates, 3 * RUN_DEPTH)
+
+
 def evaluate_retrieval(
     directory: Path,
     split: str,
@@ -96,8 +101,7 @@ def evaluate_retrieval(
         reranker = reranker or active_version(collection, "reranker", settings)
         if reranker is None:
             raise ValueError(f"stage 'rerank' needs a reranker: collection '{collection}' has no active one (pass --reranker ID)")
-    # Chunks per query: documents split into several chunks need more than RUN_DEPTH to fill the run.
-    chunk_depth = max(settings.candidates, 3 * RUN_DEPTH)
+    chunk_depth = search_depth(settings)
     runs: dict[str, dict[str, dict[str, float]]] = {s: {} for s in stages}
     with progress_bar(f"querying {len(data.queries)} queries", len(data.queries), show_progress) as advance:
         for qid, text in data.queries.items():

@@ -26,8 +26,9 @@ from citeloop.registry import (
 )
 from eval.beir import load_split
 from eval.retrieval import ensure_eval_collection, evaluate_retrieval
-from feedback.examples import examples_from_qrels, is_holdout
-from feedback.train_reranker import RerankerTrainingArgs, train_reranker
+from feedback.examples import TrainingExample, examples_from_qrels, is_holdout
+from feedback.cross_encoder_trainer import RerankerTrainingArgs
+from feedback.train_reranker import train_reranker
 from retrieval.retriever import CollectionRetriever
 
 
@@ -60,17 +61,15 @@ def run_gate(version: VersionInfo, settings: Settings | None = None, show_progre
     return gate_decision(candidate["rerank"], baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop)
 
 
-def train_from_beir(
-    directory: Path,
-    split: str,
-    args: RerankerTrainingArgs | None = None,
-    settings: Settings | None = None,
-    promote_if_better: bool = False,
-    show_progress: bool = False,
-) -> LoopReport:
-    settings = settings or get_settings()
-    args = args or RerankerTrainingArgs()
-    directory = Path(directory).resolve()
+@dataclass
+class BeirExamples:
+    collection: str  # the cached evaluation collection of the BEIR directory
+    retriever: CollectionRetriever
+    examples: list[TrainingExample]  # the split's labelled queries minus the held-out ones
+    held_out: dict[str, str]  # query id -> text: the gate's queries, never trained on
+
+
+def beir_examples(directory: Path, split: str, settings: Settings, show_progress: bool = False) -> BeirExamples:
     collection = ensure_eval_collection(directory, settings, show_progress)
     data = load_split(directory, split)
     held_out = {q for q in data.qrels if is_holdout(q, settings.eval_holdout)}
@@ -94,12 +93,28 @@ def train_from_beir(
 
     train_queries = {q: t for q, t in data.queries.items() if q not in held_out}
     examples = examples_from_qrels(train_queries, data.qrels, chunk_for)
+    return BeirExamples(collection, retriever, examples, {q: data.queries[q] for q in sorted(held_out) if q in data.queries})
+
+
+def train_from_beir(
+    directory: Path,
+    split: str,
+    args: RerankerTrainingArgs | None = None,
+    settings: Settings | None = None,
+    promote_if_better: bool = False,
+    show_progress: bool = False,
+) -> LoopReport:
+    settings = settings or get_settings()
+    args = args or RerankerTrainingArgs()
+    directory = Path(directory).resolve()
+    beir = beir_examples(directory, split, settings, show_progress)
+    collection, examples = beir.collection, beir.examples
     parent = active_version(collection, "reranker", settings)
     staging = models_dir(settings) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=staging))
     try:
-        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, retriever)
+        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, beir.retriever)
         version = register_candidate(
             trained.path,
             collection,

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
 from citeloop.modelpkg import MINILM
+from feedback.cross_encoder_trainer import RerankerTrainingArgs, fit_cross_encoder
 from feedback.examples import ExampleSnapshot, TrainingExample
 from retrieval.embedder import load_embedder
 from retrieval.ingest import index_text
@@ -34,33 +33,6 @@ MIN_EXAMPLES = 20  # below this a validation split and a gate are noise
 
 class TrainingDataError(ValueError):
     pass
-
-
-@dataclass
-class RerankerTrainingArgs:
-    loss: Literal["mnrl", "cached-mnrl", "bce"] = "mnrl"
-    epochs: int = 4
-    learning_rate: float = 1e-4
-    head_learning_rate: float | None = 1e-3  # the fresh classification head may learn faster than the encoder
-    # Frozen parameters get no gradients or optimiser state: the 11.7M-parameter embedding table is half the model,
-    # and freezing it made a CPU step 3.6x faster (bench/README.md) without touching what a reranker must learn.
-    freeze_embeddings: bool = True
-    frozen_layers: int = 0  # bottom transformer layers also kept fixed
-    bf16: bool = False  # bfloat16 autocast: faster on GPUs and AMX CPUs, slower on AVX512-BF16 alone
-    # Training truncation of query + chunk; serving scores at `rerank_max_tokens` (256). At 192 a 2-core step took
-    # ~11 s vs ~13 s at 256 (bench/README.md); what is cut is the chunk's tail (query and title come first).
-    max_tokens: int = 192
-    batch_size: int = 16
-    hard_negatives: int = 4  # mined from the collection, nearest first, near-duplicates of the positive removed
-    random_negatives: int = 1
-    # MNRL: other queries' passages scored per query (None: all). Hard and random negatives are already in each
-    # row; 4 in-batch negatives made a CPU step 4x slower than 1 (memory-bound batches of 160 pairs).
-    in_batch_negatives: int | None = 1
-    near_duplicate_cosine: float = 0.95  # a candidate this close to the positive is not a negative
-    bce_pos_weight: float | None = None  # default: negatives per positive
-    validation_fraction: float = 0.15
-    max_steps: int = -1  # > 0 caps training (smoke runs)
-    seed: int = 12
 
 
 @dataclass
@@ -102,7 +74,7 @@ def _negatives(
             break
         if usable(row) and row not in chosen:
             chosen.append(row)
-    while len(chosen) < args.hard_negatives + args.random_negatives:
+    while len(chosen) < args.negatives_per_row:
         row = rng.randrange(len(rows))
         if usable(row) and row not in chosen:
             chosen.append(row)
@@ -154,7 +126,7 @@ def build_training_rows(
         positive_rows = {row_of[p.chunk_id] for p in example.positives if p.chunk_id in row_of}
         explicit = [row_of[n.chunk_id] for n in example.negatives if n.chunk_id in row_of]
         negatives = (explicit + _negatives(example, positive_row, mined_by_query.get(example.query, []), rows, vectors, args, rng, positive_rows))
-        negatives = negatives[: args.hard_negatives + args.random_negatives]
+        negatives = negatives[: args.negatives_per_row]
         out.append({"query": example.query, "positive": texts[positive_row]} | {f"negative_{i + 1}": texts[r] for i, r in enumerate(negatives)})
     return out
 
@@ -166,16 +138,6 @@ def _seed_miner_cache(cache_dir: Path, model, texts: list[str], vectors: np.ndar
     name = model.model_card_data.base_model or ""
     key = hashlib.sha256(repr((name, None, None, texts)).encode(), usedforsecurity=False).hexdigest()
     np.save(cache_dir / f"corpus_embeddings_{key}.npy", vectors)
-
-
-def _freeze(model, embeddings: bool, layers: int) -> None:
-    patterns = ([r"\.embeddings\."] if embeddings else []) + [rf"\.encoder\.layer\.{i}\." for i in range(layers)]
-    if not patterns:
-        return
-    frozen = re.compile("|".join(patterns))
-    for name, parameter in model.named_parameters():
-        if frozen.search(name):
-            parameter.requires_grad = False
 
 
 def validation_samples(examples: list[TrainingExample], retriever: CollectionRetriever, top_n: int) -> list[dict]:
@@ -220,7 +182,7 @@ def train_reranker(
         raise TrainingDataError(f"{len(examples)} training examples; at least {MIN_EXAMPLES} are needed")
     snapshot = ExampleSnapshot(tuple(sorted(examples, key=lambda e: e.query_id)))
     retriever = retriever if retriever is not None else CollectionRetriever(collection, settings)
-    if len(retriever) < args.hard_negatives + args.random_negatives + 2:
+    if len(retriever) < args.negatives_per_row + 2:
         raise TrainingDataError(f"collection '{collection}' has {len(retriever)} chunks: too few to draw negatives from")
     train_examples, val_examples = split_examples(list(snapshot.examples), args.validation_fraction, args.seed)
     work = Path(tempfile.mkdtemp(prefix="citeloop-train-"))
@@ -241,71 +203,12 @@ def _train(
     settings: Settings,
     show_progress: bool,
 ) -> TrainedReranker:
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
-    from sentence_transformers.cross_encoder.losses import (
-        BinaryCrossEntropyLoss,
-        CachedMultipleNegativesRankingLoss,
-        MultipleNegativesRankingLoss,
-    )
-    from transformers import set_seed
-
     train_rows = build_training_rows(train_examples, retriever, args, work / "miner-cache")
     samples = validation_samples(val_examples, retriever, settings.rerank_top_n)
-
-    set_seed(args.seed)
-    model = CrossEncoder(str(MINILM.verified_path()), num_labels=1, max_length=args.max_tokens, device=None)
-    _freeze(model, args.freeze_embeddings, args.frozen_layers)
-    n_neg = args.hard_negatives + args.random_negatives
-    if args.loss == "bce":
-        pairs = {"query": [], "passage": [], "label": []}
-        for row in train_rows:
-            for key, label in [("positive", 1.0)] + [(f"negative_{i + 1}", 0.0) for i in range(n_neg)]:
-                if key in row:
-                    pairs["query"].append(row["query"])
-                    pairs["passage"].append(row[key])
-                    pairs["label"].append(label)
-        train_dataset = Dataset.from_dict(pairs)
-        import torch
-
-        loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(args.bce_pos_weight or float(n_neg)))
-    else:
-        columns = ["query", "positive"] + [f"negative_{i + 1}" for i in range(n_neg)]
-        train_dataset = Dataset.from_dict({c: [row[c] for row in train_rows] for c in columns})
-        loss_class = CachedMultipleNegativesRankingLoss if args.loss == "cached-mnrl" else MultipleNegativesRankingLoss
-        loss = loss_class(model, num_negatives=args.in_batch_negatives)
-    evaluator = CrossEncoderRerankingEvaluator(samples, at_k=10, always_rerank_positives=False, name="val", batch_size=32, show_progress_bar=False)
-    training_args = CrossEncoderTrainingArguments(
-        output_dir=str(work / "checkpoints"),
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_ratio=0.1,
-        seed=args.seed,
-        data_seed=args.seed,
-        eval_strategy="epoch",
-        # Evaluations from epoch 2 on (a ~1 min pass each on 2 cores): after one epoch the fresh head is never the best.
-        eval_delay=min(2, args.epochs),
-        save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_val_ndcg@10",
-        greater_is_better=True,
-        logging_steps=10,
-        bf16=args.bf16,
-        learning_rate_mapping={r".*classifier\..*": args.head_learning_rate} if args.head_learning_rate else {},
-        report_to="none",
-        disable_tqdm=not show_progress,
-        dataloader_num_workers=0,
-    )
-    trainer = CrossEncoderTrainer(model=model, args=training_args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
-    result = trainer.train()
-    best = trainer.state.best_metric if trainer.state.best_metric is not None else evaluator(trainer.model)["val_ndcg@10"]
+    fitted = fit_cross_encoder(train_rows, samples, args, MINILM.verified_path(), work, show_progress)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(output_dir / CROSS_ENCODER_DIR))
+    fitted.model.save_pretrained(str(output_dir / CROSS_ENCODER_DIR))
     # A provisional combiner (cross-encoder only) so the saved model can be loaded to fit the real one.
     ScoreCombiner((1.0, 0.0, 0.0, 0.0)).save(output_dir / COMBINER_FILE)
     reranker = CrossEncoderReranker(output_dir, settings)
@@ -316,10 +219,11 @@ def _train(
         "train_examples": len(train_examples),
         "train_rows": len(train_rows),
         "validation_queries": len(samples),
-        "steps": result.global_step,
-        "train_loss": round(float(result.training_loss), 4),
-        "train_seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
-        "val_ndcg@10": round(float(best), 4),  # the cross-encoder alone, best checkpoint
+        "steps": fitted.steps,
+        "train_loss": round(fitted.train_loss, 4),
+        "train_seconds": round(fitted.train_seconds, 1),
+        "train_device": fitted.device,
+        "val_ndcg@10": round(fitted.val_ndcg, 4),  # the cross-encoder alone, best checkpoint
         "combiner": dict(zip(FEATURES, combiner.weights)),
     }
     (output_dir / TRAINING_FILE).write_text(json.dumps({"args": asdict(args), "snapshot_id": snapshot.sha256, "metrics": metrics}, indent=2))

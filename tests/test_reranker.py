@@ -22,7 +22,8 @@ from citeloop.registry import (
 )
 from eval.retrieval import ensure_eval_collection, evaluate_retrieval
 from feedback.reranker_loop import holdout_queries, run_gate, train_from_beir
-from feedback.train_reranker import RerankerTrainingArgs, TrainingDataError, train_reranker
+from feedback.cross_encoder_trainer import RerankerTrainingArgs
+from feedback.train_reranker import TrainingDataError, train_reranker
 from retrieval.rerank import COMBINER_FILE, RankedSearch, ScoreCombiner
 
 SMOKE = RerankerTrainingArgs(epochs=1, max_steps=2, batch_size=4, hard_negatives=2, random_negatives=1, max_tokens=64)
