@@ -240,17 +240,14 @@ def score(results_file: Path, held_out_k: int | None) -> None:
     settings = get_settings()
     directory = (REPO / "corpora" / "scifact").resolve()
     beir = beir_examples(directory, "train", settings)
-    _, val_examples = split_examples(beir.examples, RerankerTrainingArgs().validation_fraction, RerankerTrainingArgs().seed)
+    defaults = RerankerTrainingArgs()
+    _, val_examples = split_examples(beir.examples, defaults.validation_fraction, defaults.seed)
     qrels = {q: r for q, r in load_split(directory, "train").qrels.items() if q in beir.held_out}
-    chunk_depth = search_depth(settings)
-    held_out_k = held_out_k or chunk_depth
+    held_out_k = held_out_k or search_depth(settings)
     hybrid_hits = {qid: beir.retriever.search(text, k=held_out_k, mode="hybrid") for qid, text in beir.held_out.items()}
     query_of = {e.query_id: e.query for e in val_examples} | beir.held_out
-    # The hybrid stage as `eval retrieval` runs it (deeper first-stage lists), the rerank input as serving fetches it.
-    hybrid_run = {q: doc_ranking(beir.retriever.search(t, k=chunk_depth, mode="hybrid", candidates=chunk_depth), RUN_DEPTH) for q, t in beir.held_out.items()}
-    table = {"hybrid": score_runs(qrels, {"hybrid": hybrid_run})["hybrid"]}
-    if held_out_k != chunk_depth:
-        table[f"hybrid, first stages {held_out_k} deep"] = score_runs(qrels, {"h": {q: doc_ranking(h, RUN_DEPTH) for q, h in hybrid_hits.items()}})["h"]
+    # At the default depth this is the hybrid stage exactly as `eval retrieval` (and the gate) scores it.
+    table = {f"hybrid, first stages {held_out_k} deep": score_runs(qrels, {"h": {q: doc_ranking(h, RUN_DEPTH) for q, h in hybrid_hits.items()}})["h"]}
     for name, per_query in results["logits"].items():
         logits = {(query_of[qid], chunk_id): value for qid, chunks in per_query.items() for chunk_id, value in chunks}
         reranker = PrecomputedReranker(logits, settings)
@@ -259,7 +256,7 @@ def score(results_file: Path, held_out_k: int | None) -> None:
             reranker.combiner = ScoreCombiner((1.0, 0.0, 0.0, 0.0))
             if top_n == 20:
                 runs["cross-encoder alone, N=20"] = {q: doc_ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
-            reranker.combiner = fit_combiner(reranker, val_examples, beir.retriever, top_n, RerankerTrainingArgs().seed)
+            reranker.combiner = fit_combiner(reranker, val_examples, beir.retriever, top_n, defaults.seed)
             runs[f"rerank N={top_n}"] = {q: doc_ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
         table[name] = {stage: metrics for stage, metrics in score_runs(qrels, runs).items()} | {"training": results["recipes"][name]}
     print(json.dumps({"device": results["device"], "held_out_claims": len(qrels), "table": table}, indent=1))
