@@ -232,7 +232,7 @@ def score(results_file: Path, held_out_k: int | None) -> None:
 
         def __init__(self, logits: dict, settings):
             self.version_id, self.settings, self.model = "gpu-check", settings, None
-            self.combiner = ScoreCombiner((1.0, 0.0, 0.0, 0.0))
+            self.combiner = ScoreCombiner.only("cross_encoder_z")
             self._lock = threading.Lock()
             self._cache = OrderedDict(logits)
 
@@ -253,7 +253,7 @@ def score(results_file: Path, held_out_k: int | None) -> None:
         reranker = PrecomputedReranker(logits, settings)
         runs = {}
         for top_n in RERANK_DEPTHS:
-            reranker.combiner = ScoreCombiner((1.0, 0.0, 0.0, 0.0))
+            reranker.combiner = ScoreCombiner.only("cross_encoder_z")
             if top_n == 20:
                 runs["cross-encoder alone, N=20"] = {q: doc_ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
             reranker.combiner = fit_combiner(reranker, val_examples, beir.retriever, top_n, defaults.seed)

@@ -210,7 +210,7 @@ def _train(
     output_dir.mkdir(parents=True, exist_ok=True)
     fitted.model.save_pretrained(str(output_dir / CROSS_ENCODER_DIR))
     # A provisional combiner (cross-encoder only) so the saved model can be loaded to fit the real one.
-    ScoreCombiner((1.0, 0.0, 0.0, 0.0)).save(output_dir / COMBINER_FILE)
+    ScoreCombiner.only("cross_encoder_z").save(output_dir / COMBINER_FILE)
     reranker = CrossEncoderReranker(output_dir, settings)
     combiner = fit_combiner(reranker, val_examples, retriever, settings.rerank_top_n, args.seed)
     combiner.save(output_dir / COMBINER_FILE)

@@ -71,7 +71,7 @@ def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versio
     # A deliberately worse candidate: the same cross-encoder, ranking by the reverse of the fused order.
     worse_dir = tmp_path / "worse"
     shutil.copytree(report.version.path, worse_dir)
-    ScoreCombiner((0.0, 0.0, 0.0, -1.0)).save(worse_dir / COMBINER_FILE)
+    ScoreCombiner.only("fused_rank", -1.0).save(worse_dir / COMBINER_FILE)
     worse = register_candidate(worse_dir, collection, "reranker", "x" * 64, report.version.params, {}, settings=settings)
     decision = run_gate(worse, settings)
     assert not decision.passed and "nDCG@10" in decision.reason
@@ -114,3 +114,28 @@ def test_too_few_examples_is_a_clear_error(trained):
     settings, report = trained
     with pytest.raises(TrainingDataError, match="at least"):
         train_reranker(report.version.collection, [], settings.data_dir / "nowhere", SMOKE, settings)
+
+
+def test_stage_features_normalise_the_logit_per_query_and_score_ranks():
+    from retrieval.rerank import FEATURES, stage_features
+    from retrieval.retriever import RetrievedChunk, StageScore
+
+    def hit(i, stages):
+        return RetrievedChunk(f"c{i}", f"d{i}", "", "", 0, 0, {}, score=0.0, rank=i, stages=stages)
+
+    hits = [
+        hit(1, {"dense": StageScore(0.8, 1), "bm25": StageScore(12.0, 2)}),
+        hit(2, {"bm25": StageScore(24.0, 1)}),  # the dense stage did not return it
+        hit(3, {"dense": StageScore(0.5, 2)}),
+    ]
+    features = stage_features(hits, [2.0, 4.0, 0.0], rrf_k=60)
+    column = dict(zip(FEATURES, features.T))
+    assert features.shape == (3, len(FEATURES))
+    assert column["cross_encoder_z"] == pytest.approx([0.0, 1.2247, -1.2247], abs=1e-4)
+    # Shifting or scaling one query's logits changes nothing: the combiner sees the same features.
+    assert stage_features(hits, [10.0, 14.0, 6.0], rrf_k=60) == pytest.approx(features)
+    assert column["cross_encoder_rank"] == pytest.approx([60 / 62, 60 / 61, 60 / 63])
+    assert column["dense"].tolist() == [0.8, 0.0, 0.5] and column["dense_rank"][1] == 0.0
+    assert column["bm25"].tolist() == [0.5, 1.0, 0.0] and column["bm25_rank"][2] == 0.0
+    assert column["fused_rank"] == pytest.approx([60 / 61, 60 / 62, 60 / 63])
+    assert ScoreCombiner.only("fused_rank", -1.0).score(features).argmax() == 2
