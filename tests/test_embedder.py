@@ -18,7 +18,7 @@ def test_vectors_are_normalised_and_loaders_are_shared(sqlite_settings):
 
 def test_onnx_backends_are_exported_once_and_match_torch(sqlite_settings, tmp_path):
     reference = load_embedder(sqlite_settings.model_copy(update={"embedder_backend": "torch"})).embed(SENTENCES)
-    for backend, min_cosine in (("onnx", 0.9999), ("onnx-int8", 0.95)):
+    for backend, min_cosine in (("onnx", 0.9999), ("onnx-int8", 0.98)):
         settings = sqlite_settings.model_copy(update={"embedder_backend": backend, "cache_dir": tmp_path / "cache"})
         vectors = load_embedder(settings).embed(SENTENCES)
         assert (vectors * reference).sum(axis=1).min() > min_cosine, backend
