@@ -69,6 +69,8 @@ class ScoreCombiner:
     @classmethod
     def only(cls, feature: str, weight: float = 1.0) -> ScoreCombiner:
         """Orders by one feature: the provisional combiner a fit starts from, and deliberately bad ones in tests."""
+        if feature not in FEATURES:
+            raise ValueError(f"unknown combiner feature '{feature}'; one of {', '.join(FEATURES)}")
         return cls(tuple(weight if name == feature else 0.0 for name in FEATURES))
 
     def score(self, features: np.ndarray) -> np.ndarray:

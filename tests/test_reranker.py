@@ -139,3 +139,5 @@ def test_stage_features_normalise_the_logit_per_query_and_score_ranks():
     assert column["bm25"].tolist() == [0.5, 1.0, 0.0] and column["bm25_rank"][2] == 0.0
     assert column["fused_rank"] == pytest.approx([60 / 61, 60 / 62, 60 / 63])
     assert ScoreCombiner.only("fused_rank", -1.0).score(features).argmax() == 2
+    with pytest.raises(ValueError, match="unknown combiner feature"):
+        ScoreCombiner.only("cross_encoder")
