@@ -258,7 +258,7 @@ def score(results_file: Path, held_out_k: int | None) -> None:
                 runs["cross-encoder alone, N=20"] = {q: doc_ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
             reranker.combiner = fit_combiner(reranker, val_examples, beir.retriever, top_n, defaults.seed)
             runs[f"rerank N={top_n}"] = {q: doc_ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
-        table[name] = {stage: metrics for stage, metrics in score_runs(qrels, runs).items()} | {"training": results["recipes"][name]}
+        table[name] = score_runs(qrels, runs) | {"training": results["recipes"][name]}
     print(json.dumps({"device": results["device"], "held_out_claims": len(qrels), "table": table}, indent=1))
 
 

@@ -72,7 +72,7 @@ class BeirExamples:
 def beir_examples(directory: Path, split: str, settings: Settings, show_progress: bool = False) -> BeirExamples:
     collection = ensure_eval_collection(directory, settings, show_progress)
     data = load_split(directory, split)
-    held_out = {q for q in data.qrels if is_holdout(q, settings.eval_holdout)}
+    held_out = holdout_queries(directory, split, settings.eval_holdout)
     retriever = CollectionRetriever(collection, settings)
     chunks_of: dict[str, list[str]] = {}
     for row in retriever.chunks():

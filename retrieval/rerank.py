@@ -58,7 +58,7 @@ def stage_features(hits: Sequence[RetrievedChunk], logits: np.ndarray, rrf_k: in
             rank_score(stage("bm25", "rank")),
             rank_score(np.array([h.rank for h in hits], dtype=np.float64)),
         ]
-    ).reshape(len(hits), len(FEATURES))
+    )
 
 
 @dataclass(frozen=True)
