@@ -120,6 +120,7 @@ def fit_cross_encoder(
         greater_is_better=True,
         logging_steps=10,
         bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 without a GPU unless told it runs on the CPU
         learning_rate_mapping={r".*classifier\..*": args.head_learning_rate} if args.head_learning_rate else {},
         report_to="none",
         disable_tqdm=not show_progress,

@@ -18,7 +18,7 @@ import numpy as np
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
-from citeloop.registry import VersionInfo, active_version, artifact_sha256, verified_path
+from citeloop.registry import RegistryError, VersionInfo, active_version, artifact_sha256, verified_path
 from retrieval.ingest import index_text
 from retrieval.onnx_cache import load_with_backend
 from retrieval.retriever import CollectionRetriever, RetrievedChunk, StageScore
@@ -159,6 +159,7 @@ class CrossEncoderReranker:
 
 
 _loaded: dict[tuple, CrossEncoderReranker] = {}
+_unloadable: dict[tuple, Exception] = {}  # a version's artifact never changes: one found broken is not re-read per request
 _loaded_lock = threading.Lock()
 
 
@@ -166,8 +167,14 @@ def load_reranker(version: VersionInfo, settings: Settings) -> CrossEncoderReran
     """One loaded model per version and inference configuration (model loads take seconds)."""
     key = (version.id, settings.rerank_backend, settings.rerank_max_tokens, settings.rerank_batch_size, str(settings.model_cache_dir))
     with _loaded_lock:
+        if key in _unloadable:
+            raise _unloadable[key]
         if key not in _loaded:
-            _loaded[key] = CrossEncoderReranker.from_version(version, settings)
+            try:
+                _loaded[key] = CrossEncoderReranker.from_version(version, settings)
+            except (RegistryError, ValueError) as error:  # altered files, a combiner of other features
+                _unloadable[key] = error
+                raise
         return _loaded[key]
 
 
@@ -197,5 +204,14 @@ class RankedSearch:
             note = f"no promoted reranker for collection '{self.collection}': serving hybrid retrieval"
             self._log.info(note)
             return SearchResult(hits[: max(k, depth or 0)], None, note)
-        ranked = load_reranker(version, self.settings).rerank(query, hits, top_n)
+        try:
+            model = load_reranker(version, self.settings)
+        except (RegistryError, ValueError, OSError) as error:
+            if reranker is not None:  # asked for by id (an evaluation): its results would not be what was asked
+                raise
+            # A broken active artifact must not take search down: serve the stage below and say why.
+            note = f"active reranker {version.id} of '{self.collection}' cannot be loaded ({error}): serving hybrid retrieval"
+            self._log.error(note)
+            return SearchResult(hits[: max(k, depth or 0)], None, note)
+        ranked = model.rerank(query, hits, top_n)
         return SearchResult(ranked[: max(k, depth or 0)], version.id)

@@ -5,6 +5,7 @@ The training run is a smoke run (a few steps, 64-token pairs); quality targets a
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -141,3 +142,24 @@ def test_stage_features_normalise_the_logit_per_query_and_score_ranks():
     assert ScoreCombiner.only("fused_rank", -1.0).score(features).argmax() == 2
     with pytest.raises(ValueError, match="unknown combiner feature"):
         ScoreCombiner.only("cross_encoder")
+
+
+
+def test_an_active_reranker_that_cannot_load_serves_hybrid_with_a_note(trained, tmp_path):
+    settings, report = trained
+    collection = report.version.collection
+    old_dir = tmp_path / "old-format"
+    shutil.copytree(report.version.path, old_dir)
+    # An artifact registered by an older citeloop: its combiner weighs another feature set.
+    old_features = {"features": ["cross_encoder", "dense", "bm25", "fused_rank"], "weights": [1.0, 0.0, 0.0, 0.0], "bias": 0.0}
+    (old_dir / COMBINER_FILE).write_text(json.dumps(old_features))
+    old = register_candidate(old_dir, collection, "reranker", "z" * 64, report.version.params, {}, settings=settings)
+    promote(old.id, settings)  # the digest is intact, so the registry accepts it
+    try:
+        result = RankedSearch(collection, settings).search("vitamin D deficiency", k=5)
+        assert result.reranker is None and old.id in result.note and "combiner features" in result.note
+        assert len(result.hits) == 5 and all("rerank" not in h.stages for h in result.hits)
+        with pytest.raises(ValueError, match="combiner features"):  # asked for by id: an error, not a silent fallback
+            RankedSearch(collection, settings).search("vitamin D deficiency", k=5, reranker=old)
+    finally:
+        rollback(collection, "reranker", settings)
