@@ -22,7 +22,8 @@ class RerankerTrainingArgs:
     # and freezing it made a CPU step 3.6x faster (bench/README.md) without touching what a reranker must learn.
     freeze_embeddings: bool = True
     frozen_layers: int = 0  # bottom transformer layers also kept fixed
-    # bfloat16 autocast; None: on when a CUDA GPU is present (faster there and on AMX CPUs, slower on AVX512-BF16 alone).
+    # bfloat16 autocast; None: on when a CUDA GPU is present. On CPUs the speed varies (AMX and Zen 4 faster, an Intel
+    # AVX512-BF16 Xeon slower) and a Zen 4 run lost 0.015 held-out nDCG@10 (bench/README.md).
     bf16: bool | None = None
     # Training truncation of query + chunk; serving scores at `rerank_max_tokens` (256). At 192 a 2-core step took
     # ~11 s vs ~13 s at 256 (bench/README.md); what is cut is the chunk's tail (query and title come first).
