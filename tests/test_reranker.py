@@ -144,7 +144,6 @@ def test_stage_features_normalise_the_logit_per_query_and_score_ranks():
         ScoreCombiner.only("cross_encoder")
 
 
-
 def test_an_active_reranker_that_cannot_load_serves_hybrid_with_a_note(trained, tmp_path):
     settings, report = trained
     collection = report.version.collection
