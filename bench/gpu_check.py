@@ -105,6 +105,7 @@ def export(out: Path) -> None:
         "rows": [{k: (ref(v) if k != "query" else v) for k, v in row.items()} for row in rows],
         "samples": [{"query": s["query"], "positive": [ref(t) for t in s["positive"]], "documents": [ref(t) for t in s["documents"]]} for s in samples],
         "candidates": candidates,
+        "rerank_max_tokens": settings.rerank_max_tokens,  # the serving truncation the logits must be scored at
         "texts": list(texts),
         "val_query_ids": [e.query_id for e in val_examples],
         "held_out_query_ids": list(beir.held_out),
@@ -189,7 +190,7 @@ def device(data_dir: Path, out: Path, recipes: list[str], dry_run: bool) -> None
             fitted = fit_cross_encoder(rows, samples, args, base, Path(work))
         wall = time.perf_counter() - start
         model = fitted.model
-        model.max_length = 256  # serving truncation (CITELOOP_RERANK_MAX_TOKENS)
+        model.max_length = data["rerank_max_tokens"]
         flat = [pair for query_pairs in pairs_by_query for pair in query_pairs]
         logits = model.predict(flat, batch_size=128, activation_fn=None, show_progress_bar=False).tolist()
         it = iter(logits)

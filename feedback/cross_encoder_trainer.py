@@ -25,8 +25,9 @@ class RerankerTrainingArgs:
     # bfloat16 autocast; None: on when a CUDA GPU is present. On CPUs the speed varies (AMX and Zen 4 faster, an Intel
     # AVX512-BF16 Xeon slower) and a Zen 4 run lost 0.015 held-out nDCG@10 (bench/README.md).
     bf16: bool | None = None
-    # Training truncation of query + chunk; serving scores at `rerank_max_tokens` (256). At 192 a 2-core step took
-    # ~11 s vs ~13 s at 256 (bench/README.md); what is cut is the chunk's tail (query and title come first).
+    # Training truncation of query + chunk; serving scores at `rerank_max_tokens` (160). At 192 a 2-core step took
+    # ~11 s vs ~13 s at 256 (bench/README.md); what is cut is the chunk's tail (query and title come first). Training
+    # at 160 too was slower to converge and scored 0.7142 held-out vs 0.7279 at 192 (bench/README.md).
     max_tokens: int = 192
     batch_size: int = 16
     hard_negatives: int = 4  # mined from the collection, nearest first, near-duplicates of the positive removed
