@@ -1,6 +1,6 @@
 """Reranker benchmark on SciFact held-out claims (a script, not a test): speed per backend and quality.
 
-    python bench/bench_rerank.py --data-dir var --reranker active [--queries 100] [--backends onnx,onnx-int8]
+    python bench/bench_rerank.py --data-dir var --reranker active [--queries 100] [--backends openvino-bf16,onnx-int8]
     python bench/bench_rerank.py --render
 
 Baseline in the same run: the plain fp32 torch `CrossEncoder` of the same weights with its defaults
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO / "var")
     parser.add_argument("--reranker", default="active", help="Version id, or 'active' for the SciFact collection's.")
     parser.add_argument("--queries", type=int, default=100, help="Held-out claims timed per depth.")
-    parser.add_argument("--backends", default="torch,onnx,onnx-int8")
+    parser.add_argument("--backends", default="openvino-bf16,openvino,onnx-int8")
     parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:

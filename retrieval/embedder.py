@@ -9,7 +9,7 @@ import citeloop  # noqa: F401  (sets HF_HUB_OFFLINE before sentence-transformers
 import numpy as np
 from citeloop.config import Settings, get_settings
 from citeloop.modelpkg import MINILM, sha256_file
-from retrieval.onnx_cache import load_with_backend
+from retrieval.backends import load_with_backend
 
 EMBEDDER_ID = "all-MiniLM-L6-v2"
 
@@ -22,7 +22,7 @@ class Embedder:
 
         source = MINILM.verified_path()
         self.backend = settings.embedder_backend
-        cache_key = f"{EMBEDDER_ID}-{sha256_file(source / 'model.safetensors')[:12]}-onnx"
+        cache_key = f"{EMBEDDER_ID}-{sha256_file(source / 'model.safetensors')[:12]}"
         model = load_with_backend(SentenceTransformer, source, self.backend, settings.model_cache_dir, cache_key)
         model.max_seq_length = settings.embed_max_tokens
         self.model = model

@@ -20,7 +20,7 @@ import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
 from citeloop.registry import RegistryError, VersionInfo, active_version, artifact_sha256, verified_path
 from retrieval.ingest import index_text
-from retrieval.onnx_cache import load_with_backend
+from retrieval.backends import load_with_backend
 from retrieval.retriever import CollectionRetriever, RetrievedChunk, StageScore
 
 CROSS_ENCODER_DIR = "cross-encoder"
@@ -105,8 +105,8 @@ class CrossEncoderReranker:
         self.version_id = version_id
         self.settings = settings
         weights = path / CROSS_ENCODER_DIR
-        # ONNX exports are cached per exact weights: the registry's verified digest, or one computed here.
-        cache_key = f"reranker-{(weights_digest or artifact_sha256(weights))[:16]}-onnx"
+        # Exports are cached per exact weights: the registry's verified digest, or one computed here.
+        cache_key = f"reranker-{(weights_digest or artifact_sha256(weights))[:16]}"
         self.model = load_with_backend(
             CrossEncoder, weights, settings.rerank_backend, settings.model_cache_dir, cache_key, max_length=settings.rerank_max_tokens
         )

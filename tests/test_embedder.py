@@ -1,4 +1,4 @@
-"""The one embedder loader: normalised vectors, and ONNX backends that agree with torch."""
+"""The one embedder loader: normalised vectors, and ONNX / OpenVINO backends that agree with torch."""
 
 import numpy as np
 
@@ -16,10 +16,11 @@ def test_vectors_are_normalised_and_loaders_are_shared(sqlite_settings):
     np.testing.assert_allclose(embedder.embed_query(SENTENCES[0]), vectors[0], atol=1e-5)
 
 
-def test_onnx_backends_are_exported_once_and_match_torch(sqlite_settings, tmp_path):
+def test_exported_backends_are_exported_once_per_runtime_and_match_torch(sqlite_settings, tmp_path):
     reference = load_embedder(sqlite_settings.model_copy(update={"embedder_backend": "torch"})).embed(SENTENCES)
-    for backend, min_cosine in (("onnx", 0.9999), ("onnx-int8", 0.98)):
+    for backend, min_cosine in (("onnx", 0.9999), ("onnx-int8", 0.98), ("openvino", 0.9999), ("openvino-bf16", 0.999)):
         settings = sqlite_settings.model_copy(update={"embedder_backend": backend, "cache_dir": tmp_path / "cache"})
         vectors = load_embedder(settings).embed(SENTENCES)
         assert (vectors * reference).sum(axis=1).min() > min_cosine, backend
-    assert len(list((tmp_path / "cache").iterdir())) == 1  # one export serves both backends
+    # one export per runtime serves both of its backends
+    assert sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "cache").iterdir()) == ["onnx", "openvino"]
