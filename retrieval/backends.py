@@ -5,8 +5,9 @@ the same scores as torch. `onnx-int8` is ONNX Runtime's BERT graph fusion (atten
 single kernels) followed by dynamic int8 quantisation with one scale per weight column: SciFact hybrid nDCG@10
 -0.0011 vs fp32, where sentence-transformers' per-tensor export cost 0.0067. `openvino-bf16` asks OpenVINO's CPU
 plugin for bfloat16 inference, which it uses where the CPU computes in bf16 natively (AVX512-BF16 or AMX) and
-ignores elsewhere (fp32): the fastest backend measured on 2 cores with vectors at cosine >= 0.9999 to torch
-(bench/README.md).
+ignores elsewhere (fp32): the fastest backend measured on 2 cores with vectors at cosine >= 0.9999 to torch.
+`openvino-int8` (bi-encoders only) is OpenVINO's post-training static int8 (NNCF through optimum-intel's
+`OVQuantizer`), calibrated once on texts the caller supplies (bench/README.md).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-Backend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
+RerankBackend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
+# Static int8 needs calibration text of the model's own input kind; citeloop supplies it for the embedder.
+EmbedderBackend = Literal[RerankBackend, "openvino-int8"]
 
 # backend -> (sentence-transformers backend of the export, file of that export it runs, OpenVINO precision hint)
 EXPORTS: dict[str, tuple[str, str, str | None]] = {
@@ -25,17 +29,26 @@ EXPORTS: dict[str, tuple[str, str, str | None]] = {
     "onnx-int8": ("onnx", "onnx/model_fused_qint8_per_channel.onnx", None),
     "openvino": ("openvino", "openvino/openvino_model.xml", "f32"),
     "openvino-bf16": ("openvino", "openvino/openvino_model.xml", "bf16"),
+    "openvino-int8": ("openvino", "openvino-int8/openvino/openvino_model.xml", None),
 }
+CALIBRATION_MAX_TOKENS = 256
 
 
-def load_with_backend(model_class, source: Path, backend: Backend, cache_dir: Path, cache_key: str, **kwargs):
-    """`model_class(source)` on torch, or on ONNX Runtime / OpenVINO from an export cached under `cache_dir`."""
+def load_with_backend(
+    model_class, source: Path, backend: EmbedderBackend, cache_dir: Path, cache_key: str, calibration: Callable[[], list[str]] | None = None, **kwargs
+):
+    """`model_class(source)` on torch, or on ONNX Runtime / OpenVINO from an export cached under `cache_dir`;
+    `calibration` gives the texts `openvino-int8` is calibrated on (called once, when the int8 file is made)."""
     if backend == "torch":
         return model_class(str(source), device="cpu", **kwargs)
     if backend not in EXPORTS:
         raise ValueError(f"unknown backend '{backend}'; one of torch, {', '.join(EXPORTS)}")
     family, file_name, precision = EXPORTS[backend]
     exported = _exported(model_class, source, cache_dir / f"{cache_key}-{family}", family)
+    if backend == "openvino-int8" and not (exported / file_name).is_file():
+        if calibration is None:
+            raise ValueError("backend 'openvino-int8' needs calibration texts; this model supports the other backends")
+        _quantize_static(model_class, exported, calibration())
     model_kwargs: dict = {"file_name": file_name}
     if precision is not None:
         model_kwargs["ov_config"] = {"INFERENCE_PRECISION_HINT": precision}
@@ -43,7 +56,7 @@ def load_with_backend(model_class, source: Path, backend: Backend, cache_dir: Pa
 
 
 def _exported(model_class, source: Path, target: Path, family: str) -> Path:
-    files = {name for _, (fam, name, _) in EXPORTS.items() if fam == family}
+    files = {name for backend, (fam, name, _) in EXPORTS.items() if fam == family and backend != "openvino-int8"}
     if all((target / name).is_file() for name in files):
         return target
     staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
@@ -64,6 +77,27 @@ def _exported(model_class, source: Path, target: Path, family: str) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _quantize_static(model_class, exported: Path, texts: list[str]) -> None:
+    """NNCF post-training int8 of the OpenVINO export, calibrated on `texts`, written beside the fp32 IR."""
+    from datasets import Dataset
+    from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
+
+    model = model_class(str(exported), device="cpu", backend="openvino", model_kwargs={"file_name": EXPORTS["openvino"][1]})
+    features = model.tokenizer(texts, padding="max_length", max_length=CALIBRATION_MAX_TOKENS, truncation=True)
+    target = exported / Path(EXPORTS["openvino-int8"][1]).parts[0]
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    OVQuantizer.from_pretrained(model.transformers_model).quantize(
+        calibration_dataset=Dataset.from_dict(dict(features)),
+        save_directory=str(staging),
+        ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(texts))),
+    )
+    try:
+        staging.rename(target)
+    except OSError:  # another process quantised it first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _fuse_and_quantize(model_dir: Path) -> None:

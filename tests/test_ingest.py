@@ -148,7 +148,17 @@ from retrieval.embedder import load_embedder
 from retrieval.ingest import ingest
 from retrieval.readers import read_paths
 settings = Settings(data_dir=sys.argv[1], database_url=sys.argv[2] or None)
-load_embedder(settings)
+embedder = load_embedder(settings)  # the instance ingest() gets
+if sys.argv[4] == "embedding":
+    embed = embedder.embed
+
+    def embed_then_wait(texts, show_progress=False):
+        vectors = embed(texts, show_progress)
+        print("embedded a batch", flush=True)
+        sys.stdin.readline()  # killed here: the new chunks and vectors exist only in this process
+        return vectors
+
+    embedder.embed = embed_then_wait
 print("ready", flush=True)
 ingest(read_paths([sys.argv[3]]), "kb", settings)
 """
@@ -164,8 +174,9 @@ def test_ingest_killed_midway_keeps_previous_state(settings, tmp_path, moment):
     big = tmp_path / "big.jsonl"
     big.write_text("".join(json.dumps(r) + "\n" for r in scifact_sample(120)))
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASH_SCRIPT, str(settings.data_dir), settings.database_url or "", str(big)],
+        [sys.executable, "-c", CRASH_SCRIPT, str(settings.data_dir), settings.database_url or "", str(big), moment],
         cwd=REPO,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -173,8 +184,7 @@ def test_ingest_killed_midway_keeps_previous_state(settings, tmp_path, moment):
     index_dir = settings.index_dir
     deadline = time.time() + 300
     if moment == "embedding":
-        # Chunks and vectors exist only in memory while chunking and embedding 120 abstracts (~20 s).
-        time.sleep(4)
+        assert proc.stdout.readline().strip() == b"embedded a batch", proc.stderr.read().decode()[-2000:]
     else:
         while time.time() < deadline and not any(p.name.startswith(".staging-") for p in index_dir.rglob(".staging-*")):
             time.sleep(0.02)
