@@ -6,9 +6,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from retrieval.backends import EmbedderBackend, RerankBackend
+from retrieval.backends import EmbedderBackend, RerankBackend, host_embedder_backend, host_rerank_backend
 
 
 class Settings(BaseSettings):
@@ -19,10 +19,10 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         None, description="Derived model files shared by all checkouts; default $XDG_CACHE_HOME/citeloop."
     )
-    # OpenVINO static int8 ingests SciFact 2.3x faster than plain encode on Zen 4 (bf16 1.9x, onnx-int8 1.7x, torch
-    # 0.6x) with hybrid nDCG@10 0.7278 vs 0.7273 for fp32 (bench/README.md); VNNI int8 needs no bf16 support.
-    embedder_backend: EmbedderBackend = Field(
-        "openvino-int8", description="Inference backend of the embedder."
+    # auto: OpenVINO static int8 where the CPU has VNNI (SciFact ingest 2.3x plain encode on Zen 4, hybrid nDCG@10
+    # 0.7278 vs 0.7273 fp32), else ONNX Runtime dynamic int8 (an AVX2-only CPU: 1.4x torch, OpenVINO int8 0.8x).
+    embedder_backend: EmbedderBackend | Literal["auto"] = Field(
+        "auto", description="Inference backend of the embedder; auto picks by the CPU's instructions."
     )
     embed_batch_size: int = Field(
         8, ge=1, description="Texts per embedding batch (small batches stay in CPU cache: 8 beat 64 by 1.5x on int8)."
@@ -46,9 +46,10 @@ class Settings(BaseSettings):
     # (fp32), 4.9x the plain CrossEncoder's pairs/s with OpenVINO bf16 on Zen 4 (bench/README.md).
     rerank_max_tokens: int = Field(160, ge=32, le=512, description="Cross-encoder truncation length (query + title + chunk).")
     rerank_batch_size: int = Field(8, ge=1, description="Pairs per cross-encoder batch (small batches stay in CPU cache).")
-    # bf16 scores within 0.0004 nDCG@10 of fp32 at 1.6x its speed; onnx-int8 (-0.002) is the choice on CPUs without bf16.
-    rerank_backend: RerankBackend = Field(
-        "openvino-bf16", description="Inference backend of the cross-encoder (exported once per model version)."
+    # auto: OpenVINO bf16 where the CPU computes bf16 natively (within 0.0004 nDCG@10 of fp32 at 1.6x its speed), else
+    # onnx-int8 (-0.002; on an AVX2-only CPU 1.7x torch, where OpenVINO's fp32 fallback ran no faster than torch).
+    rerank_backend: RerankBackend | Literal["auto"] = Field(
+        "auto", description="Inference backend of the cross-encoder (exported once per model version); auto picks by the CPU."
     )
     gate_min_ndcg_gain: float = Field(
         0.005, description="A candidate model must beat the active one (or hybrid) on nDCG@10 by this much."
@@ -94,6 +95,17 @@ class Settings(BaseSettings):
     default_collection: str = Field("python-docs", description="Collection `make run` ingests and serves.")
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, description="Port the API binds.")
+
+    # Resolved once here, so collection names, export caches and reports all see the backend actually used.
+    @field_validator("embedder_backend")
+    @classmethod
+    def _resolve_embedder_backend(cls, value: str) -> str:
+        return host_embedder_backend() if value == "auto" else value
+
+    @field_validator("rerank_backend")
+    @classmethod
+    def _resolve_rerank_backend(cls, value: str) -> str:
+        return host_rerank_backend() if value == "auto" else value
 
     @property
     def sqlalchemy_url(self) -> str:

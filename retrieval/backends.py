@@ -7,7 +7,9 @@ single kernels) followed by dynamic int8 quantisation with one scale per weight 
 plugin for bfloat16 inference, which it uses where the CPU computes in bf16 natively (AVX512-BF16 or AMX) and
 ignores elsewhere (fp32): the fastest backend measured on 2 cores with vectors at cosine >= 0.9999 to torch.
 `openvino-int8` (bi-encoders only) is OpenVINO's post-training static int8 (NNCF through optimum-intel's
-`OVQuantizer`), calibrated once on texts the caller supplies (bench/README.md).
+`OVQuantizer`), calibrated once on texts the caller supplies (bench/README.md). `auto` picks per host: OpenVINO's
+int8 and bf16 only pay where the CPU has the instructions for them (VNNI, AVX512-BF16 / AMX); elsewhere they ran no
+faster than torch and ONNX Runtime's dynamic int8 was the fastest (bench/README.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +35,28 @@ EXPORTS: dict[str, tuple[str, str, str | None]] = {
     "openvino-int8": ("openvino", "openvino-int8/openvino/openvino_model.xml", None),
 }
 CALIBRATION_MAX_TOKENS = 256
+INT8_DOT_PRODUCT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The x86 feature flags Linux reports for this CPU (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def host_embedder_backend(flags: frozenset[str] | None = None) -> EmbedderBackend:
+    return "openvino-int8" if (cpu_flags() if flags is None else flags) & INT8_DOT_PRODUCT else "onnx-int8"
+
+
+def host_rerank_backend(flags: frozenset[str] | None = None) -> RerankBackend:
+    return "openvino-bf16" if (cpu_flags() if flags is None else flags) & NATIVE_BF16 else "onnx-int8"
 
 
 def load_with_backend(

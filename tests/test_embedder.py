@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from citeloop.config import Settings
+from retrieval.backends import host_embedder_backend, host_rerank_backend
 from retrieval.embedder import load_embedder
 
 SENTENCES = ["How do I open a file in Python?", "Foxes are omnivores.", "The mitochondria is the powerhouse of the cell."]
@@ -25,3 +27,15 @@ def test_exported_backends_are_exported_once_per_runtime_and_match_torch(sqlite_
         assert (vectors * reference).sum(axis=1).min() > min_cosine, backend
     # one export per runtime serves all of its backends
     assert sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "cache").iterdir()) == ["onnx", "openvino"]
+
+
+def test_auto_backends_use_openvino_only_where_the_cpu_has_its_instructions():
+    zen4 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+    cascade_lake = frozenset({"avx2", "avx512f", "avx512_vnni"})
+    avx2_only = frozenset({"avx2", "fma"})
+    assert (host_embedder_backend(zen4), host_rerank_backend(zen4)) == ("openvino-int8", "openvino-bf16")
+    assert (host_embedder_backend(cascade_lake), host_rerank_backend(cascade_lake)) == ("openvino-int8", "onnx-int8")
+    assert (host_embedder_backend(avx2_only), host_rerank_backend(avx2_only)) == ("onnx-int8", "onnx-int8")
+    # Settings resolve `auto` for this host, so collection names and caches name the backend actually used.
+    settings = Settings(embedder_backend="auto", rerank_backend="auto")
+    assert (settings.embedder_backend, settings.rerank_backend) == (host_embedder_backend(), host_rerank_backend())
