@@ -1,6 +1,7 @@
 """The cross-encoder fit itself: training rows + validation samples -> the best checkpoint of a
-`CrossEncoderTrainer` run. Kept free of citeloop's storage and retrieval imports so the same code runs
-wherever sentence-transformers does (the GPU check in bench/gpu_check.py imports it alone).
+`CrossEncoderTrainer` run. Kept free of citeloop's storage and retrieval imports (only the CPU-flag reader of
+retrieval.backends, standard library alone) so the same code runs wherever sentence-transformers does (the GPU
+check in bench/gpu_check.py imports it alone).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from retrieval.backends import NATIVE_BF16, cpu_flags
 
 
 @dataclass
@@ -22,8 +25,8 @@ class RerankerTrainingArgs:
     # and freezing it made a CPU step 3.6x faster (bench/README.md) without touching what a reranker must learn.
     freeze_embeddings: bool = True
     frozen_layers: int = 0  # bottom transformer layers also kept fixed
-    # bfloat16 autocast; None: on when a CUDA GPU is present. On CPUs the speed varies (AMX and Zen 4 faster, an Intel
-    # AVX512-BF16 Xeon slower) and a Zen 4 run lost 0.015 held-out nDCG@10 (bench/README.md).
+    # bfloat16 autocast; None: on with a bf16-capable CUDA GPU, and on a CPU with native bf16 where a probe step runs
+    # faster in bf16 than in fp32 (1.45x on Zen 4; an Intel AVX512-BF16 Xeon without AMX was slower).
     bf16: bool | None = None
     # Training truncation of query + chunk; serving scores at `rerank_max_tokens` (160). At 192 a 2-core step took
     # ~11 s vs ~13 s at 256 (bench/README.md); what is cut is the chunk's tail (query and title come first). Training
@@ -54,6 +57,7 @@ class FittedCrossEncoder:
     train_seconds: float
     val_ndcg: float  # nDCG@10 of the cross-encoder alone on the validation samples
     device: str
+    bf16: bool  # trained under bfloat16 autocast
 
 
 def freeze(model, embeddings: bool, layers: int) -> None:
@@ -64,6 +68,33 @@ def freeze(model, embeddings: bool, layers: int) -> None:
     for name, parameter in model.named_parameters():
         if frozen.search(name):
             parameter.requires_grad = False
+
+
+def cpu_bf16_is_faster(model, loss, batch) -> bool:
+    """Time one forward + backward of `loss` on a training batch in fp32 and under bf16 autocast (after a warm-up
+    of each): CPUs differ too much (native bf16 units or emulation) for their flags to say which is faster."""
+    import time
+
+    import torch
+
+    columns = batch.column_names
+    inputs = [batch[c] for c in columns if c != "label"]
+    labels = torch.tensor(batch["label"]) if "label" in columns else None
+
+    def step() -> float:
+        start = time.perf_counter()
+        value = loss(inputs, labels)
+        value.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    model.train()
+    timings = {}
+    for use_bf16 in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            step()
+            timings[use_bf16] = step()
+    return timings[True] < 0.8 * timings[False]  # a marginal gain is not worth bf16's rounding
 
 
 def fit_cross_encoder(
@@ -102,7 +133,13 @@ def fit_cross_encoder(
         loss_class = CachedMultipleNegativesRankingLoss if args.loss == "cached-mnrl" else MultipleNegativesRankingLoss
         loss = loss_class(model, num_negatives=args.in_batch_negatives)
     evaluator = CrossEncoderRerankingEvaluator(samples, at_k=10, always_rerank_positives=False, name="val", batch_size=32, show_progress_bar=False)
-    bf16 = args.bf16 if args.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if args.bf16 is not None:
+        bf16 = args.bf16
+    elif torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+    else:
+        # Without native bf16 instructions autocast emulates it (many times slower): only probe where they exist.
+        bf16 = bool(cpu_flags() & NATIVE_BF16) and cpu_bf16_is_faster(model, loss, train_dataset.select(range(min(4, len(train_dataset)))))
     training_args = CrossEncoderTrainingArguments(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=args.epochs,
@@ -138,4 +175,5 @@ def fit_cross_encoder(
         float(result.metrics.get("train_runtime", 0.0)),
         float(best),
         str(trainer.model.device),
+        bf16,
     )

@@ -223,6 +223,7 @@ def _train(
         "train_loss": round(fitted.train_loss, 4),
         "train_seconds": round(fitted.train_seconds, 1),
         "train_device": fitted.device,
+        "train_bf16": fitted.bf16,
         "val_ndcg@10": round(fitted.val_ndcg, 4),  # the cross-encoder alone, best checkpoint
         "combiner": dict(zip(FEATURES, combiner.weights)),
     }

@@ -162,3 +162,17 @@ def test_an_active_reranker_that_cannot_load_serves_hybrid_with_a_note(trained, 
             RankedSearch(collection, settings).search("vitamin D deficiency", k=5, reranker=old)
     finally:
         rollback(collection, "reranker", settings)
+
+
+def test_bf16_probe_times_a_real_training_step_and_leaves_no_gradients():
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
+
+    from citeloop.modelpkg import MINILM
+    from feedback.cross_encoder_trainer import cpu_bf16_is_faster
+
+    model = CrossEncoder(str(MINILM.verified_path()), num_labels=1, max_length=32)
+    batch = Dataset.from_dict({"query": ["vitamin D", "sleep"], "positive": ["Vitamin D and bone.", "Sleep and memory."], "negative_1": ["Foxes.", "Rivers."]})
+    assert cpu_bf16_is_faster(model, MultipleNegativesRankingLoss(model, num_negatives=1), batch) in (True, False)
+    assert all(p.grad is None for p in model.parameters())
