@@ -3,7 +3,7 @@
 import numpy as np
 
 from citeloop.config import Settings
-from retrieval.backends import host_embedder_backend, host_rerank_backend
+from retrieval.backends import DYNAMIC_INT8, host_embedder_backend, host_rerank_backend
 from retrieval.embedder import load_embedder
 
 SENTENCES = ["How do I open a file in Python?", "Foxes are omnivores.", "The mitochondria is the powerhouse of the cell."]
@@ -15,7 +15,11 @@ def test_vectors_are_normalised_and_loaders_are_shared(sqlite_settings):
     vectors = embedder.embed(SENTENCES)
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(embedder.embed_query(SENTENCES[0]), vectors[0], atol=1e-5)
+    query = embedder.embed_query(SENTENCES[0])
+    if embedder.backend in DYNAMIC_INT8:  # activation scales come from the whole batch: a vector moves with its batch-mates
+        assert float(query @ vectors[0]) > 0.985
+    else:
+        np.testing.assert_allclose(query, vectors[0], atol=1e-5)
 
 
 def test_exported_backends_are_exported_once_per_runtime_and_match_torch(sqlite_settings, tmp_path):
