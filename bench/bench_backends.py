@@ -57,7 +57,7 @@ def main() -> None:
     from retrieval.embedder import load_embedder
 
     corpus = texts(args.texts)
-    auto = Settings(embedder_backend="auto", rerank_backend="auto")
+    auto = Settings(embedder_backend="auto", rerank_backend="auto")  # the reranker's length and batch are the defaults
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "simd": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))},
         "auto": {"embedder": auto.embedder_backend, "reranker": auto.rerank_backend},
@@ -74,8 +74,8 @@ def main() -> None:
         CrossEncoder(str(MINILM.verified_path()), num_labels=1).save_pretrained(str(fresh))
         pairs = [(QUERY, text) for text in corpus]
         for backend in ["torch", *(b for b in EXPORTS if b != "openvino-int8")]:
-            model = load_with_backend(CrossEncoder, fresh, backend, cache, "fresh-head", max_length=Settings().rerank_max_tokens)
-            score = lambda batch: model.predict(batch, batch_size=Settings().rerank_batch_size, show_progress_bar=False)  # noqa: E731
+            model = load_with_backend(CrossEncoder, fresh, backend, cache, "fresh-head", max_length=auto.rerank_max_tokens)
+            score = lambda batch: model.predict(batch, batch_size=auto.rerank_batch_size, show_progress_bar=False)  # noqa: E731
             result["cross_encoder_pairs_per_s"][backend] = rate(score, pairs, pairs[:16])
             print(f"cross-encoder {backend}: {result['cross_encoder_pairs_per_s'][backend]} pairs/s", flush=True)
     print(json.dumps(result, indent=2))

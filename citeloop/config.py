@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from retrieval.backends import EmbedderBackend, RerankBackend, host_embedder_backend, host_rerank_backend
 
@@ -97,15 +97,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port the API binds.")
 
     # Resolved once here, so collection names, export caches and reports all see the backend actually used.
-    @field_validator("embedder_backend")
+    @field_validator("embedder_backend", "rerank_backend")
     @classmethod
-    def _resolve_embedder_backend(cls, value: str) -> str:
-        return host_embedder_backend() if value == "auto" else value
-
-    @field_validator("rerank_backend")
-    @classmethod
-    def _resolve_rerank_backend(cls, value: str) -> str:
-        return host_rerank_backend() if value == "auto" else value
+    def _resolve_auto_backend(cls, value: str, info: ValidationInfo) -> str:
+        if value != "auto":
+            return value
+        return host_embedder_backend() if info.field_name == "embedder_backend" else host_rerank_backend()
 
     @property
     def sqlalchemy_url(self) -> str:
