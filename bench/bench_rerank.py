@@ -60,7 +60,7 @@ def main() -> None:
 
     from citeloop.registry import active_version, get_version, verified_path
     from eval.retrieval import ensure_eval_collection, evaluate_retrieval
-    from feedback.reranker_loop import holdout_queries
+    from feedback.reranker_loop import version_held_out
     from eval.beir import load_split
     from retrieval.ingest import index_text
     from retrieval.rerank import CROSS_ENCODER_DIR, CrossEncoderReranker
@@ -71,10 +71,9 @@ def main() -> None:
     version = active_version(collection, "reranker", base) if args.reranker == "active" else get_version(args.reranker, base, kind="reranker")
     if version is None:
         sys.exit(f"collection '{collection}' has no active reranker: pass --reranker ID (citeloop models list)")
-    source = version.params["eval"]
-    held_out = holdout_queries(Path(source["beir"]), source["split"], float(source["holdout"]))
-    data = load_split(SCIFACT, source["split"])
-    queries = [data.queries[q] for q in sorted(held_out)][: args.queries]
+    held_out = version_held_out(version)
+    data = load_split(SCIFACT, held_out.split)
+    queries = [data.queries[q] for q in sorted(held_out.queries)][: args.queries]
     retriever = CollectionRetriever(collection, base)
     candidates = {q: retriever.search(q, k=max(DEPTHS), mode="hybrid") for q in queries}
 
@@ -96,7 +95,7 @@ def main() -> None:
         score(queries[0], candidates[queries[0]][:4])
         result["speed"][backend] = {str(n): timed(score, queries, candidates, n) for n in DEPTHS}
         print(backend, result["speed"][backend], flush=True)
-        metrics = evaluate_retrieval(SCIFACT, source["split"], ["hybrid", "rerank"], settings, reranker=version, query_ids=held_out)
+        metrics = evaluate_retrieval(SCIFACT, held_out.split, ["hybrid", "rerank"], settings, reranker=version, query_ids=held_out.queries)
         result["quality"][backend] = metrics
         print(backend, "quality", metrics, flush=True)
     plain_rate = {n: result["speed"]["plain torch fp32"][str(n)]["pairs_per_s"] for n in DEPTHS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,9 @@ class Settings(BaseSettings):
     eval_holdout: float = Field(
         0.2, gt=0, lt=1, description="Share of labelled queries held out of training to evaluate candidates."
     )
+    eval_holdout_fold: int = Field(
+        0, ge=0, description="Which disjoint slice of that share is held out (0 .. 1/share - 1): one run per fold cross-validates."
+    )
     generator: str = Field(
         "qwen2.5-0.5b-instruct",
         description="Answer model: qwen2.5-0.5b-instruct, smollm2-135m, a .gguf file or a transformers model folder.",
@@ -103,6 +107,14 @@ class Settings(BaseSettings):
         if value != "auto":
             return value
         return host_embedder_backend() if info.field_name == "embedder_backend" else host_rerank_backend()
+
+    @field_validator("eval_holdout_fold")
+    @classmethod
+    def _fold_within_the_range(cls, fold: int, info: ValidationInfo) -> int:
+        share = info.data.get("eval_holdout")
+        if share is not None and fold * share >= 1:
+            raise ValueError(f"fold {fold} of {share:g}-wide held-out slices starts past the last query; use 0..{math.ceil(1 / share) - 1}")
+        return fold
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -43,10 +43,12 @@ def query_key(query: str) -> str:
     return hashlib.sha256(" ".join(query.lower().split()).encode()).hexdigest()[:16]
 
 
-def is_holdout(query_id: str, fraction: float) -> bool:
-    """Deterministic evaluation split: the same queries are held out of every training run."""
-    bucket = int(hashlib.sha256(f"holdout:{query_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return bucket < fraction
+def is_holdout(query_id: str, fraction: float, fold: int = 0) -> bool:
+    """Deterministic evaluation split: the same queries are held out of every training run. Fold k holds out
+    the k-th `fraction`-wide slice of a hash range, so folds 0 .. 1/fraction - 1 are disjoint: training once per
+    fold cross-validates the whole loop on every labelled query."""
+    bucket = int(hashlib.sha256(f"holdout:{query_id}".encode()).hexdigest()[:8], 16) / 2**32
+    return fold * fraction <= bucket < (fold + 1) * fraction
 
 
 def examples_from_events(events: Iterable[FeedbackEvent]) -> list[TrainingExample]:

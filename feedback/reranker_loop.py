@@ -39,26 +39,49 @@ class LoopReport:
     promoted: bool
 
 
-def holdout_queries(directory: Path, split: str, fraction: float) -> set[str]:
-    return {q for q in load_split(directory, split).qrels if is_holdout(q, fraction)}
+def holdout_queries(directory: Path, split: str, fraction: float, fold: int = 0) -> set[str]:
+    return {q for q in load_split(directory, split).qrels if is_holdout(q, fraction, fold)}
 
 
-def run_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
-    """Candidate vs the active reranker (or hybrid) on the held-out queries the candidate was registered with."""
-    settings = settings or get_settings()
+@dataclass(frozen=True)
+class HeldOut:
+    directory: Path
+    split: str
+    queries: set[str]  # ids of the labelled queries the version never trained on
+
+
+def version_held_out(version: VersionInfo) -> HeldOut:
+    """The evaluation queries a version was registered with (fold 0 for versions from before folds)."""
     source = version.params.get("eval")
     if not source:
         raise ValueError(f"model version '{version.id}' records no evaluation queries to gate it on")
-    directory, split, fraction = Path(source["beir"]), source["split"], float(source["holdout"])
-    held_out = holdout_queries(directory, split, fraction)
-    candidate = evaluate_retrieval(directory, split, ["hybrid", "rerank"], settings, show_progress, reranker=version, query_ids=held_out)
+    directory, split = Path(source["beir"]), source["split"]
+    return HeldOut(directory, split, holdout_queries(directory, split, float(source["holdout"]), int(source.get("fold", 0))))
+
+
+def run_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
+    """Candidate vs the active reranker (or hybrid) on held-out queries that neither of them trained on."""
+    settings = settings or get_settings()
+    held_out = version_held_out(version)
+
+    def evaluate(stages: list[str], model: VersionInfo, queries: set[str]) -> dict:
+        return evaluate_retrieval(held_out.directory, held_out.split, stages, settings, show_progress, reranker=model, query_ids=queries)
+
     active = active_version(version.collection, "reranker", settings)
-    if active is not None and active.id != version.id:
-        baseline = evaluate_retrieval(directory, split, ["rerank"], settings, show_progress, reranker=active, query_ids=held_out)["rerank"]
-        name = f"active reranker {active.id}"
-    else:
-        baseline, name = candidate["hybrid"], "hybrid retrieval"
-    return gate_decision(candidate["rerank"], baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop)
+    if active is None or active.id == version.id:
+        candidate = evaluate(["hybrid", "rerank"], version, held_out.queries)
+        return gate_decision(candidate["rerank"], candidate["hybrid"], "hybrid retrieval", settings.gate_min_ndcg_gain, settings.gate_max_recall_drop)
+    name = f"active reranker {active.id}"
+    queries = held_out.queries
+    other = version_held_out(active)
+    if (other.directory, other.split) == (held_out.directory, held_out.split):
+        # Another held-out slice (fold or share): the active model trained on part of the candidate's.
+        queries = queries & other.queries
+    if not queries:
+        reason = f"no held-out query is unseen by both the candidate and {name} (different held-out folds): nothing fair to compare on"
+        return GateDecision(False, reason, {}, {}, name)
+    candidate, baseline = evaluate(["rerank"], version, queries)["rerank"], evaluate(["rerank"], active, queries)["rerank"]
+    return gate_decision(candidate, baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop)
 
 
 @dataclass
@@ -72,7 +95,7 @@ class BeirExamples:
 def beir_examples(directory: Path, split: str, settings: Settings, show_progress: bool = False) -> BeirExamples:
     collection = ensure_eval_collection(directory, settings, show_progress)
     data = load_split(directory, split)
-    held_out = holdout_queries(directory, split, settings.eval_holdout)
+    held_out = holdout_queries(directory, split, settings.eval_holdout, settings.eval_holdout_fold)
     retriever = CollectionRetriever(collection, settings)
     chunks_of: dict[str, list[str]] = {}
     for row in retriever.chunks():
@@ -120,7 +143,7 @@ def train_from_beir(
             collection,
             "reranker",
             trained.snapshot.sha256,
-            params=asdict(args) | {"eval": {"beir": str(directory), "split": split, "holdout": settings.eval_holdout}},
+            params=asdict(args) | {"eval": {"beir": str(directory), "split": split, "holdout": settings.eval_holdout, "fold": settings.eval_holdout_fold}},
             metrics=trained.metrics,
             parent_id=parent.id if parent else None,
             settings=settings,

@@ -68,3 +68,10 @@ def test_holdout_is_deterministic_and_near_its_fraction():
     held = [q for q in ids if is_holdout(q, 0.2)]
     assert held == [q for q in ids if is_holdout(q, 0.2)]
     assert 0.17 < len(held) / len(ids) < 0.23
+
+
+def test_holdout_folds_are_disjoint_and_cover_every_query():
+    ids = [str(i) for i in range(2000)]
+    folds = [{q for q in ids if is_holdout(q, 0.2, fold)} for fold in range(5)]
+    assert sum(len(f) for f in folds) == len(ids) and set().union(*folds) == set(ids)
+    assert folds[0] == {q for q in ids if is_holdout(q, 0.2)}  # the default fold

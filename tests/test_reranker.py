@@ -84,6 +84,12 @@ def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versio
     assert active_version(collection, "reranker", settings).id == good.id
     with pytest.raises(RegistryError, match="already active"):
         promote(good.id, settings)
+    # A candidate held out on another fold: the active model trained on its held-out queries, so no fair comparison.
+    other_fold_params = good.params | {"eval": good.params["eval"] | {"fold": 1}}
+    shutil.copytree(good.path, tmp_path / "other-fold")
+    other_fold = register_candidate(tmp_path / "other-fold", collection, "reranker", "z" * 64, other_fold_params, {}, settings=settings)
+    decision = run_gate(other_fold, settings)
+    assert not decision.passed and "unseen by both" in decision.reason
     promote(worse.id, settings)
     assert get_version(good.id, settings).status == "retired"
     search = RankedSearch(collection, settings)
