@@ -48,7 +48,7 @@ def main() -> None:
         collection = ensure_eval_collection(SCIFACT, settings, show_progress=True)
         trained = [
             v for v in list_versions(settings, collection=collection, kind="reranker")
-            if v.params.get("eval", {}).get("fold", 0) == fold and v.params["eval"]["holdout"] == settings.eval_holdout
+            if v.params.get("eval", {}).get("fold", 0) == fold and v.params.get("eval", {}).get("holdout") == settings.eval_holdout
             and {k: v.params.get(k) for k in recipe} == recipe
         ]
         command_s = None
