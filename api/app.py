@@ -352,7 +352,7 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
 
     # ---- ask and search -------------------------------------------------------------------------------
     def _pipeline_for(collection: str):
-        from retrieval.retriever import UnknownCollectionError
+        from citeloop.errors import UnknownCollectionError
 
         try:
             return services.pipeline(collection)
@@ -435,7 +435,7 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
     def search(body: SearchRequest, caller: Reader) -> SearchResponse:
         from feedback.store import save_search
         from generation.pipeline import context_dict
-        from retrieval.retriever import UnknownCollectionError
+        from citeloop.errors import UnknownCollectionError
 
         reach(caller, body.collection)
         try:

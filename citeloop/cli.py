@@ -112,7 +112,8 @@ def search(
     """First-stage retrieval: the best chunks with their per-stage scores and ranks."""
     from dataclasses import asdict
 
-    from retrieval.retriever import MODES, CollectionRetriever, UnknownCollectionError
+    from citeloop.errors import UnknownCollectionError
+    from retrieval.retriever import MODES, CollectionRetriever
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}")
@@ -197,7 +198,7 @@ def _answer_events(collection: str, question: str, top_k: int | None):
     from citeloop.modelpkg import ModelPackageError
     from generation.engines import GenerationError
     from generation.pipeline import AnswerPipeline, DoneEvent, QuestionError, TokenEvent
-    from retrieval.retriever import UnknownCollectionError
+    from citeloop.errors import UnknownCollectionError
 
     try:
         for event in AnswerPipeline(collection).stream(question, top_k):
@@ -240,7 +241,7 @@ def eval_qa(
     from citeloop.modelpkg import ModelPackageError
     from generation.pipeline import AnswerPipeline
     from citeloop.progress import progress_bar
-    from retrieval.retriever import UnknownCollectionError
+    from citeloop.errors import UnknownCollectionError
 
     if (collection is None) == (corpus is None):
         fail("give exactly one of --collection or --corpus")

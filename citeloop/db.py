@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from citeloop.config import Settings, get_settings
+from citeloop.errors import UnknownCollectionError
 
 
 def utcnow() -> datetime:
@@ -176,6 +177,16 @@ class FeedbackRecord(Base):
     citation_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # query, contexts, cited, answer, correction, reason, models
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+def get_collection(session: Session, name: str) -> Collection:
+    """The collection of that name: the one lookup every package uses; raises `UnknownCollectionError`."""
+    from sqlalchemy import select
+
+    collection = session.scalar(select(Collection).where(Collection.name == name))
+    if collection is None:
+        raise UnknownCollectionError(name)
+    return collection
 
 
 _engines: dict[str, Engine] = {}

@@ -24,6 +24,10 @@ class GenerationError(RuntimeError):
     """The generator failed or ran out of time; what it produced is not an answer."""
 
 
+class GenerationTimeout(GenerationError):
+    """The answer was not finished within CITELOOP_GENERATION_TIMEOUT_S."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int
@@ -92,7 +96,7 @@ class LlamaCppGenerator:
             try:
                 for chunk in chunks:
                     if time.monotonic() > deadline:
-                        raise GenerationError(f"generation took longer than {params.timeout_s:.0f} s")
+                        raise GenerationTimeout(f"generation took longer than {params.timeout_s:.0f} s")
                     text = chunk["choices"][0]["delta"].get("content")
                     if text:
                         yield text
@@ -170,7 +174,7 @@ class TransformersGenerator:
         if failure:
             raise GenerationError(f"generation failed: {failure[0]}") from failure[0]
         if timed_out.is_set():
-            raise GenerationError(f"generation took longer than {params.timeout_s:.0f} s")
+            raise GenerationTimeout(f"generation took longer than {params.timeout_s:.0f} s")
 
 
 _loaded: dict[tuple, Generator] = {}

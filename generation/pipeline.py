@@ -104,9 +104,12 @@ AnswerEvent = ContextsEvent | TokenEvent | DoneEvent
 class AnswerPipeline:
     collection: str
     settings: Settings = field(default_factory=get_settings)
+    # A process that also serves search passes its RankedSearch, so the collection is loaded once.
+    search: RankedSearch | None = None
 
     def __post_init__(self) -> None:
-        self.search = RankedSearch(self.collection, self.settings)
+        if self.search is None:
+            self.search = RankedSearch(self.collection, self.settings)
         self.generator: Generator = load_generator(self.settings)
         self.thresholds = SupportThresholds(
             self.settings.citation_min_similarity, self.settings.citation_min_overlap, self.settings.citation_min_relevance

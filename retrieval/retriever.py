@@ -14,17 +14,13 @@ import numpy as np
 from sqlalchemy import select
 
 from citeloop.config import Settings, get_settings
-from citeloop.db import Chunk, Collection, Document, IndexBuild, session_scope
+from citeloop.db import Chunk, Document, IndexBuild, get_collection, session_scope
 from retrieval.embedder import load_embedder
 from retrieval.fusion import minmax_fusion, reciprocal_rank_fusion
 from retrieval.index import LoadedIndex
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "bm25", "hybrid")
-
-
-class UnknownCollectionError(LookupError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -88,9 +84,7 @@ class CollectionRetriever:
     def refresh(self) -> None:
         """Load the active build if it is not the one in memory (a cheap query when nothing changed)."""
         with session_scope(self.settings) as session:
-            collection = session.scalar(select(Collection).where(Collection.name == self.collection))
-            if collection is None:
-                raise UnknownCollectionError(f"no collection named '{self.collection}'")
+            collection = get_collection(session, self.collection)
             build = session.scalar(
                 select(IndexBuild).where(IndexBuild.collection_id == collection.id, IndexBuild.status == "active")
             )

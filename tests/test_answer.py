@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from generation.engines import GenerationError, load_generator
 from generation.pipeline import AnswerPipeline, ContextsEvent, DoneEvent, QuestionError, TokenEvent
-from retrieval.retriever import UnknownCollectionError
+from citeloop.errors import UnknownCollectionError
 
 pytestmark = pytest.mark.slow
 TUTORIAL = REPO / "corpora" / "python-docs" / "sources" / "tutorial"

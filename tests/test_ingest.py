@@ -14,7 +14,8 @@ from sqlalchemy import inspect, select
 from citeloop.db import Chunk, Collection, Document, IndexBuild, get_engine, session_scope
 from retrieval.ingest import delete_collection, delete_documents, ingest
 from retrieval.readers import read_paths
-from retrieval.retriever import CollectionRetriever, UnknownCollectionError
+from citeloop.errors import UnknownCollectionError
+from retrieval.retriever import CollectionRetriever
 from tests.conftest import REPO, scifact_sample
 
 
