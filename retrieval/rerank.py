@@ -196,6 +196,10 @@ class RankedSearch:
         self.retriever = CollectionRetriever(collection, self.settings)
         self._log = logging.getLogger("citeloop.rerank")
 
+    def refresh(self) -> None:
+        """Pick up the collection's newest index build (raises UnknownCollectionError once it is deleted)."""
+        self.retriever.refresh()
+
     def search(self, query: str, k: int = 10, filters=None, reranker: VersionInfo | None = None, depth: int | None = None) -> SearchResult:
         top_n = self.settings.rerank_top_n
         hits = self.retriever.search(query, k=max(k, top_n, depth or 0), mode="hybrid", filters=filters)
