@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from retrieval.backends import EmbedderBackend, RerankBackend, host_embedder_backend, host_rerank_backend
 
@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     default_collection: str = Field("python-docs", description="Collection `make run` ingests and serves.")
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, description="Port the API binds.")
+    remote_url: str | None = Field(
+        None, description="citeloop server `citeloop ask` sends questions to instead of answering locally (--remote overrides)."
+    )
+    api_key: SecretStr | None = Field(None, description="API key `citeloop ask` sends to that server (--key overrides).")
 
     # Resolved once here, so collection names, export caches and reports all see the backend actually used.
     @field_validator("embedder_backend", "rerank_backend")
