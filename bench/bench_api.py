@@ -73,7 +73,7 @@ def main() -> None:
     key = create_key(f"bench-{uuid.uuid4().hex[:8]}", "admin", ["*"], settings)
     port = free_port()
     env = dict(os.environ, CITELOOP_DATA_DIR=str(args.data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="100000000")
-    server = subprocess.Popen([sys.executable, "-m", "citeloop.cli", "serve", "--port", str(port), "--workers", str(args.workers)], cwd=REPO, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", str(args.workers)], cwd=REPO, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300

@@ -1,4 +1,4 @@
-"""citeloop shared core: configuration, offline model loading, storage and the CLI.
+"""citeloop shared core: configuration, offline model loading and storage.
 
 Importing this package forbids model-hub downloads before any Hugging Face library is imported:
 every model citeloop uses comes from a local package whose files are checked by sha256.

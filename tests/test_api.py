@@ -42,7 +42,7 @@ def server_env(data_dir: Path, database_url: str | None = None) -> dict[str, str
 def serve(env: dict[str, str], ready: str = "/readyz"):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "citeloop.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
@@ -74,7 +74,7 @@ def make_keys(env: dict[str, str]) -> dict[str, str]:
         ("bob", "reader", "team-b"),
     ]:
         out = subprocess.run(
-            [sys.executable, "-m", "citeloop.cli", "keys", "create", "--name", name, "--role", role, "--collections", collections],
+            [sys.executable, "-m", "cli", "keys", "create", "--name", name, "--role", role, "--collections", collections],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True,
         )
         keys[name] = out.stdout.strip()
@@ -196,7 +196,7 @@ def test_streaming_sends_contexts_tokens_citations_done(site):
 def test_rate_limit_per_key_answers_429_with_retry_after(site, tmp_path):
     base, _, env = site
     burst = subprocess.run(
-        [sys.executable, "-m", "citeloop.cli", "keys", "create", "--name", "burst", "--role", "reader", "--collections", "team-a"],
+        [sys.executable, "-m", "cli", "keys", "create", "--name", "burst", "--role", "reader", "--collections", "team-a"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True,
     ).stdout.strip()
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {burst}"}) as http:
@@ -211,13 +211,13 @@ def test_cli_remote_mode_asks_the_server(site):
     base, keys, _ = site
     env = dict(os.environ, CITELOOP_API_KEY=keys["alice"])
     out = subprocess.run(
-        [sys.executable, "-m", "citeloop.cli", "ask", "How do I read a file line by line?", "-c", "team-a", "--remote", base, "--json"],
+        [sys.executable, "-m", "cli", "ask", "How do I read a file line by line?", "-c", "team-a", "--remote", base, "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["answer_id"]
     denied = subprocess.run(
-        [sys.executable, "-m", "citeloop.cli", "ask", "kettle?", "-c", "team-b", "--remote", base],
+        [sys.executable, "-m", "cli", "ask", "kettle?", "-c", "team-b", "--remote", base],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert denied.returncode == 1 and "no collection named 'team-b'" in denied.stderr
