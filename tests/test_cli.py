@@ -9,7 +9,32 @@ from tests.conftest import REPO
 
 def run_cli(*args, data_dir, env=None):
     env = dict(os.environ, CITELOOP_DATA_DIR=str(data_dir), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "citeloop.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_domain_error_is_one_error_line_and_exit_code_1(tmp_path):
+    data = tmp_path / "var"
+    no_key = run_cli("keys", "revoke", "nobody", data_dir=data)
+    assert (no_key.returncode, no_key.stdout, no_key.stderr) == (1, "", "error: no key named 'nobody'\n")
+
+    not_beir = tmp_path / "not-beir"
+    not_beir.mkdir()
+    no_corpus = run_cli("eval", "retrieval", str(not_beir), data_dir=data)
+    assert no_corpus.returncode == 1 and no_corpus.stdout == ""
+    assert no_corpus.stderr.startswith("error: ") and "corpus.jsonl" in no_corpus.stderr and "Traceback" not in no_corpus.stderr
+
+
+def test_ask_reads_the_remote_server_and_key_from_the_environment(tmp_path):
+    data = tmp_path / "var"
+    remote = {"CITELOOP_REMOTE_URL": "http://127.0.0.1:9", "CITELOOP_API_KEY": "cl_from_the_environment"}
+    unreachable = run_cli("ask", "why?", "--collection", "home", data_dir=data, env=remote)
+    assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: cannot reach http://127.0.0.1:9: ")
+
+    overridden = run_cli("ask", "why?", "--collection", "home", "--remote", "http://127.0.0.1:1", data_dir=data, env=remote)
+    assert overridden.returncode == 1 and overridden.stderr.startswith("error: cannot reach http://127.0.0.1:1: ")
+
+    keyless = run_cli("ask", "why?", "--collection", "home", data_dir=data, env=remote | {"CITELOOP_API_KEY": ""})
+    assert keyless.returncode == 1 and keyless.stderr == "error: --remote needs --key (or CITELOOP_API_KEY)\n"
 
 
 def test_ingest_search_and_errors_from_the_command_line(tmp_path):
