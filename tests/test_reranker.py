@@ -78,9 +78,9 @@ def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versio
     assert not decision.passed and "nDCG@10" in decision.reason
     assert active_version(collection, "reranker", settings) is None
 
-    # Promotion and rollback, regardless of the smoke model's quality.
+    # Promotion and rollback, regardless of the smoke model's quality: forced where its gate did not pass.
     good = report.version
-    promote(good.id, settings)
+    promote(good.id, settings, force=True)
     assert active_version(collection, "reranker", settings).id == good.id
     with pytest.raises(RegistryError, match="already active"):
         promote(good.id, settings)
@@ -90,7 +90,9 @@ def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versio
     other_fold = register_candidate(tmp_path / "other-fold", collection, "reranker", "z" * 64, other_fold_params, {}, settings=settings)
     decision = run_gate(other_fold, settings)
     assert not decision.passed and "unseen by both" in decision.reason
-    promote(worse.id, settings)
+    with pytest.raises(RegistryError, match="--force"):
+        promote(worse.id, settings)
+    promote(worse.id, settings, force=True)
     assert get_version(good.id, settings).status == "retired"
     search = RankedSearch(collection, settings)
     assert search.search("vitamin D", k=3).reranker == worse.id  # picked up without a restart
@@ -113,7 +115,7 @@ def test_corrupt_artifact_is_refused_and_the_active_model_kept(trained, tmp_path
     (broken.path / COMBINER_FILE).write_text("{}")
     before = active_version(report.version.collection, "reranker", settings)
     with pytest.raises(CorruptArtifactError):
-        promote(broken.id, settings)
+        promote(broken.id, settings, force=True)
     assert active_version(report.version.collection, "reranker", settings) == before
 
 
@@ -159,7 +161,7 @@ def test_an_active_reranker_that_cannot_load_serves_hybrid_with_a_note(trained, 
     old_features = {"features": ["cross_encoder", "dense", "bm25", "fused_rank"], "weights": [1.0, 0.0, 0.0, 0.0], "bias": 0.0}
     (old_dir / COMBINER_FILE).write_text(json.dumps(old_features))
     old = register_candidate(old_dir, collection, "reranker", "z" * 64, report.version.params, {}, settings=settings)
-    promote(old.id, settings)  # the digest is intact, so the registry accepts it
+    promote(old.id, settings, force=True)  # the digest is intact, so the registry accepts it
     try:
         result = RankedSearch(collection, settings).search("vitamin D deficiency", k=5)
         assert result.reranker is None and old.id in result.note and "combiner features" in result.note
