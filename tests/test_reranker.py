@@ -172,7 +172,10 @@ def test_an_active_reranker_that_cannot_load_serves_hybrid_with_a_note(trained, 
         rollback(collection, "reranker", settings)
 
 
-def test_bf16_probe_times_a_real_training_step_and_leaves_no_gradients():
+def test_bf16_probe_picks_the_precision_whose_training_step_is_faster():
+    """The probe times a real forward + backward in fp32 and under bf16 autocast; the loss is made nearly free in
+    one precision, so which is faster is known whatever the CPU."""
+    import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder
     from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
@@ -182,5 +185,20 @@ def test_bf16_probe_times_a_real_training_step_and_leaves_no_gradients():
 
     model = CrossEncoder(str(MINILM.verified_path()), num_labels=1, max_length=32)
     batch = Dataset.from_dict({"query": ["vitamin D", "sleep"], "positive": ["Vitamin D and bone.", "Sleep and memory."], "negative_1": ["Foxes.", "Rivers."]})
-    assert cpu_bf16_is_faster(model, MultipleNegativesRankingLoss(model, num_negatives=1), batch) in (True, False)
-    assert all(p.grad is None for p in model.parameters())
+    real_loss = MultipleNegativesRankingLoss(model, num_negatives=1)
+
+    def loss_free_under(free_bf16: bool):
+        calls = []
+
+        def loss(inputs, labels):
+            under_bf16 = torch.is_autocast_enabled("cpu")
+            calls.append(under_bf16)
+            return torch.zeros((), requires_grad=True) * 1.0 if under_bf16 == free_bf16 else real_loss(inputs, labels)
+
+        return loss, calls
+
+    for free_bf16 in (True, False):
+        loss, calls = loss_free_under(free_bf16)
+        assert cpu_bf16_is_faster(model, loss, batch) is free_bf16
+        assert calls == [False, False, True, True]  # a warm-up and a timed step in each precision
+        assert all(p.grad is None for p in model.parameters())
