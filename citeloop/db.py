@@ -12,12 +12,14 @@ from sqlalchemy import (
     JSON,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -94,13 +96,24 @@ class IndexBuild(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+IS_ACTIVE = text("status = 'active'")
+
+
 class ModelVersion(Base):
-    """A trained model of one collection; the registry promotes at most one `active` version per kind."""
+    """A trained model of one collection; at most one `active` version per collection and kind (a partial
+    unique index, so the database refuses a second one whatever the caller does)."""
 
     __tablename__ = "model_versions"
+    __table_args__ = (
+        Index("ix_model_versions_collection_kind_status", "collection_id", "kind", "status"),
+        Index(
+            "uq_model_versions_one_active", "collection_id", "kind",
+            unique=True, sqlite_where=IS_ACTIVE, postgresql_where=IS_ACTIVE,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))  # reranker | generator
     status: Mapped[str] = mapped_column(String(16))  # candidate | active | retired
     parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the version it was trained from
@@ -111,6 +124,23 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # training, gate and eval figures
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Deployment(Base):
+    """One change of a collection's active model of a kind, in order of `id`: a promotion (`gate_passed` or
+    `forced`) or a `rollback` (to `to_version`, or to none: the stage below serves)."""
+
+    __tablename__ = "model_deployments"
+    __table_args__ = (Index("ix_model_deployments_collection_kind", "collection_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    from_version: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), nullable=True)
+    to_version: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), nullable=True)
+    reason: Mapped[str] = mapped_column(String(16))  # gate_passed | forced | rollback
+    actor: Mapped[str] = mapped_column(String(128))  # who deployed: an API key name, "cli", a job
+    deployed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ApiKey(Base):

@@ -1,8 +1,9 @@
 """Model registry: trained versions per collection and kind, artifacts under DATA_DIR/models, one active.
 
-A candidate becomes active only through `promote`, which the caller runs after the promotion gate
-(`gate_decision`) passed; `rollback` re-activates the previously active version (or none: the stage below
-serves). Servers pick the change up on their next request (`active_version` is one indexed query).
+A candidate becomes active only through `promote`: after its promotion gate (`gate_decision`) passed, or forced.
+Every promotion and rollback is a row of the deployment history; `rollback` undoes the latest deployment not yet
+undone, so the version active before it serves again (or none: the stage below serves). The database refuses a
+second active version. Servers pick changes up on their next request (`active_version` is one indexed query).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from citeloop.config import Settings, get_settings
-from citeloop.db import Collection, ModelVersion, session_scope, utcnow
+from citeloop.db import Collection, Deployment, ModelVersion, get_collection, session_scope, utcnow
+from citeloop.errors import UnknownCollectionError
 from citeloop.modelpkg import sha256_file
 
 ModelKind = Literal["reranker", "generator"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("reranker", "generator")
+DeploymentReason = Literal["gate_passed", "forced", "rollback"]
 
 
 class RegistryError(RuntimeError):
@@ -50,6 +53,19 @@ class VersionInfo:
     promoted_at: datetime | None
 
 
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """One change of the active version: `from_version` -> `to_version` (None: no version served / serves)."""
+
+    collection: str
+    kind: str
+    from_version: str | None
+    to_version: str | None
+    reason: DeploymentReason
+    actor: str
+    deployed_at: datetime
+
+
 def _info(row: ModelVersion, collection: str) -> VersionInfo:
     return VersionInfo(
         row.id, collection, row.kind, row.status, row.parent_id, Path(row.path), row.artifact_sha256,
@@ -70,10 +86,10 @@ def models_dir(settings: Settings) -> Path:
 
 
 def _collection_id(session: Session, name: str) -> int:
-    collection_id = session.scalar(select(Collection.id).where(Collection.name == name))
-    if collection_id is None:
-        raise RegistryError(f"no collection named '{name}'")
-    return collection_id
+    try:
+        return get_collection(session, name).id
+    except UnknownCollectionError as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 def register_candidate(
@@ -157,61 +173,107 @@ def record_metrics(version_id: str, metrics: dict[str, Any], settings: Settings 
         row.metrics = {**(row.metrics or {}), **metrics}
 
 
-def promote(version_id: str, settings: Settings | None = None) -> VersionInfo:
-    """Make a candidate (or a retired version) the active one of its collection and kind."""
+def promote(version_id: str, settings: Settings | None = None, *, actor: str = "cli", force: bool = False) -> VersionInfo:
+    """Make a candidate (or a retired version) the active one of its collection and kind. A version whose recorded
+    gate did not pass (or that has none) needs `force`, and its deployment is recorded as forced."""
     info = get_version(version_id, settings)
     if info.status == "active":
         raise RegistryError(f"model version '{version_id}' is already active")
+    gate = info.metrics.get("gate") or {}
+    if gate.get("passed") is not True and not force:
+        why = f"its gate failed: {gate['reason']}" if gate.get("reason") else "it has no gate result"
+        raise RegistryError(f"model version '{version_id}' has not passed the promotion gate ({why}); use --force to promote it anyway")
     verified_path(info)
     with session_scope(settings) as session:
-        row = session.get(ModelVersion, version_id, with_for_update=True)
-        for current in session.scalars(
-            select(ModelVersion).where(
-                ModelVersion.collection_id == row.collection_id, ModelVersion.kind == row.kind, ModelVersion.status == "active"
-            )
-        ):
-            current.status = "retired"
-        row.status = "active"
+        history = _History(session, info.collection, info.kind)
+        row = session.get(ModelVersion, version_id)
+        if row is history.active:  # promoted meanwhile by another caller
+            raise RegistryError(f"model version '{version_id}' is already active")
+        history.deploy(row, "gate_passed" if gate.get("passed") is True else "forced", actor)
         row.promoted_at = utcnow()
-        session.flush()
         return _info(row, info.collection)
 
 
-def rollback(collection: str, kind: ModelKind, settings: Settings | None = None) -> VersionInfo | None:
-    """Retire the active version and re-activate the one promoted before it; None: no version serves now.
-    Repeated rollbacks walk back through the promotion history."""
+def rollback(collection: str, kind: ModelKind, settings: Settings | None = None, *, actor: str = "cli") -> VersionInfo | None:
+    """Undo the deployment of the active version: the version active before it was deployed serves again (its
+    artifact digest checked first), or none (the stage below serves). Repeated rollbacks walk the history back
+    like a stack: a deployment already undone is skipped."""
     with session_scope(settings) as session:
-        collection_id = _collection_id(session, collection)
-        versions = list(
+        history = _History(session, collection, kind)
+        if history.active is None:
+            raise RegistryError(f"collection '{collection}' has no active {kind} to roll back")
+        previous = history.previous()
+        if previous is not None:
+            try:
+                verified_path(_info(previous, collection))
+            except CorruptArtifactError as exc:
+                raise CorruptArtifactError(f"cannot roll back to '{previous.id}': {exc}; '{history.active.id}' stays active") from exc
+        history.deploy(previous, "rollback", actor)
+        return _info(previous, collection) if previous else None
+
+
+def deployment_history(collection: str, kind: ModelKind, settings: Settings | None = None) -> list[DeploymentInfo]:
+    """Every promotion and rollback of a collection's models of a kind, oldest first."""
+    with session_scope(settings) as session:
+        return [
+            DeploymentInfo(collection, d.kind, d.from_version, d.to_version, d.reason, d.actor, d.deployed_at)
+            for d in _History(session, collection, kind, lock=False).deployments
+        ]
+
+
+class _History:
+    """The deployments and the active version of one collection and kind. `lock`: read with the collection row
+    locked (PostgreSQL), so that concurrent promotions and rollbacks of it take turns."""
+
+    def __init__(self, session: Session, collection: str, kind: str, lock: bool = True):
+        self.session, self.kind = session, kind
+        self.collection_id = _collection_id(session, collection)
+        if lock:
+            session.execute(select(Collection.id).where(Collection.id == self.collection_id).with_for_update())
+        self.deployments = list(
             session.scalars(
-                select(ModelVersion).where(ModelVersion.collection_id == collection_id, ModelVersion.kind == kind)
+                select(Deployment)
+                .where(Deployment.collection_id == self.collection_id, Deployment.kind == kind)
+                .order_by(Deployment.id)
             )
         )
-        active = next((v for v in versions if v.status == "active"), None)
-        if active is None:
-            raise RegistryError(f"collection '{collection}' has no active {kind} to roll back")
-        active.status = "retired"
-        # The version promoted before the active one (promotion times form the stack; a rollback keeps them).
-        earlier = sorted(
-            (
-                v
-                for v in versions
-                if v.status == "retired" and v.promoted_at is not None and active.promoted_at is not None
-                and _aware(v.promoted_at) < _aware(active.promoted_at)
-            ),
-            key=lambda v: _aware(v.promoted_at),
+        self.active = session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.collection_id == self.collection_id, ModelVersion.kind == kind, ModelVersion.status == "active"
+            )
         )
-        if not earlier:
+
+    def previous(self) -> ModelVersion | None:
+        """The version that was active before the active one was deployed: the top of the stack of promotions
+        that no rollback undid."""
+        promotions: list[Deployment] = []
+        for deployment in self.deployments:
+            if deployment.reason == "rollback":
+                if promotions:
+                    promotions.pop()
+            else:
+                promotions.append(deployment)
+        if not promotions or promotions[-1].from_version is None:
             return None
-        previous = earlier[-1]
-        previous.status = "active"
-        session.flush()
-        return _info(previous, collection)
+        return self.session.get(ModelVersion, promotions[-1].from_version)
 
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes for timezone-aware columns.
-    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
+    def deploy(self, version: ModelVersion | None, reason: DeploymentReason, actor: str) -> None:
+        """Retire the active version, then activate `version` (flushed in that order: the database allows one
+        active version) and record the change."""
+        current = self.active
+        if current is not None:
+            current.status = "retired"
+            self.session.flush()
+        if version is not None:
+            version.status = "active"
+        self.session.add(
+            Deployment(
+                collection_id=self.collection_id, kind=self.kind, from_version=current.id if current else None,
+                to_version=version.id if version else None, reason=reason, actor=actor,
+            )
+        )
+        self.session.flush()
+        self.active = version
 
 
 @dataclass(frozen=True)

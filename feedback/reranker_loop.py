@@ -126,7 +126,10 @@ def train_from_beir(
     settings: Settings | None = None,
     promote_if_better: bool = False,
     show_progress: bool = False,
+    actor: str = "cli",
 ) -> LoopReport:
+    """Train a candidate on the split's labelled queries minus the held-out ones, gate it on those, record the gate;
+    `promote_if_better`: promote it (as `actor`, recorded as gate-passed) when the gate passed."""
     settings = settings or get_settings()
     args = args or RerankerTrainingArgs()
     directory = Path(directory).resolve()
@@ -154,7 +157,7 @@ def train_from_beir(
     record_metrics(version.id, {"gate": gate_record(decision)}, settings)
     promoted = False
     if promote_if_better and decision.passed:
-        promote(version.id, settings)
+        promote(version.id, settings, actor=actor)
         promoted = True
     return LoopReport(get_version(version.id, settings), decision, promoted)
 

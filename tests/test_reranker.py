@@ -78,9 +78,9 @@ def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versio
     assert not decision.passed and "nDCG@10" in decision.reason
     assert active_version(collection, "reranker", settings) is None
 
-    # Promotion and rollback, regardless of the smoke model's quality.
+    # Promotion and rollback, regardless of the smoke model's quality: forced where its gate did not pass.
     good = report.version
-    promote(good.id, settings)
+    promote(good.id, settings, force=True)
     assert active_version(collection, "reranker", settings).id == good.id
     with pytest.raises(RegistryError, match="already active"):
         promote(good.id, settings)
@@ -90,7 +90,9 @@ def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versio
     other_fold = register_candidate(tmp_path / "other-fold", collection, "reranker", "z" * 64, other_fold_params, {}, settings=settings)
     decision = run_gate(other_fold, settings)
     assert not decision.passed and "unseen by both" in decision.reason
-    promote(worse.id, settings)
+    with pytest.raises(RegistryError, match="--force"):
+        promote(worse.id, settings)
+    promote(worse.id, settings, force=True)
     assert get_version(good.id, settings).status == "retired"
     search = RankedSearch(collection, settings)
     assert search.search("vitamin D", k=3).reranker == worse.id  # picked up without a restart
@@ -113,7 +115,7 @@ def test_corrupt_artifact_is_refused_and_the_active_model_kept(trained, tmp_path
     (broken.path / COMBINER_FILE).write_text("{}")
     before = active_version(report.version.collection, "reranker", settings)
     with pytest.raises(CorruptArtifactError):
-        promote(broken.id, settings)
+        promote(broken.id, settings, force=True)
     assert active_version(report.version.collection, "reranker", settings) == before
 
 
@@ -159,7 +161,7 @@ def test_an_active_reranker_that_cannot_load_serves_hybrid_with_a_note(trained, 
     old_features = {"features": ["cross_encoder", "dense", "bm25", "fused_rank"], "weights": [1.0, 0.0, 0.0, 0.0], "bias": 0.0}
     (old_dir / COMBINER_FILE).write_text(json.dumps(old_features))
     old = register_candidate(old_dir, collection, "reranker", "z" * 64, report.version.params, {}, settings=settings)
-    promote(old.id, settings)  # the digest is intact, so the registry accepts it
+    promote(old.id, settings, force=True)  # the digest is intact, so the registry accepts it
     try:
         result = RankedSearch(collection, settings).search("vitamin D deficiency", k=5)
         assert result.reranker is None and old.id in result.note and "combiner features" in result.note
@@ -170,7 +172,10 @@ def test_an_active_reranker_that_cannot_load_serves_hybrid_with_a_note(trained, 
         rollback(collection, "reranker", settings)
 
 
-def test_bf16_probe_times_a_real_training_step_and_leaves_no_gradients():
+def test_bf16_probe_picks_the_precision_whose_training_step_is_faster():
+    """The probe times a real forward + backward in fp32 and under bf16 autocast; the loss is made nearly free in
+    one precision, so which is faster is known whatever the CPU."""
+    import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder
     from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
@@ -180,5 +185,20 @@ def test_bf16_probe_times_a_real_training_step_and_leaves_no_gradients():
 
     model = CrossEncoder(str(MINILM.verified_path()), num_labels=1, max_length=32)
     batch = Dataset.from_dict({"query": ["vitamin D", "sleep"], "positive": ["Vitamin D and bone.", "Sleep and memory."], "negative_1": ["Foxes.", "Rivers."]})
-    assert cpu_bf16_is_faster(model, MultipleNegativesRankingLoss(model, num_negatives=1), batch) in (True, False)
-    assert all(p.grad is None for p in model.parameters())
+    real_loss = MultipleNegativesRankingLoss(model, num_negatives=1)
+
+    def loss_free_under(free_bf16: bool):
+        calls = []
+
+        def loss(inputs, labels):
+            under_bf16 = torch.is_autocast_enabled("cpu")
+            calls.append(under_bf16)
+            return torch.zeros((), requires_grad=True) * 1.0 if under_bf16 == free_bf16 else real_loss(inputs, labels)
+
+        return loss, calls
+
+    for free_bf16 in (True, False):
+        loss, calls = loss_free_under(free_bf16)
+        assert cpu_bf16_is_faster(model, loss, batch) is free_bf16
+        assert calls == [False, False, True, True]  # a warm-up and a timed step in each precision
+        assert all(p.grad is None for p in model.parameters())
