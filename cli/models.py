@@ -1,4 +1,4 @@
-"""Training and registry commands: `train reranker`, `models list|promote|rollback`."""
+"""Training and registry commands: `train reranker`, `models list|promote|rollback|history`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ from cli.output import console
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
 
 train_app = typer.Typer(help="Train models from labelled data.", no_args_is_help=True)
-models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: list, promote, roll back, deployment history.", no_args_is_help=True)
 TRAINING_DEFAULTS = RerankerTrainingArgs()  # the training options default to the trainer's own
+
+
+def cli_actor() -> str:
+    """Who the deployment history records for a change made from this shell."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
 
 
 @train_app.command("reranker")
@@ -50,7 +57,7 @@ def train_reranker_command(
         hard_negatives=hard_negatives, in_batch_negatives=in_batch_negatives, bf16=bf16, batch_size=batch_size, max_tokens=max_tokens, max_steps=max_steps,
         seed=seed,
     )
-    report = train_from_beir(beir, split, args, promote_if_better=promote, show_progress=True)
+    report = train_from_beir(beir, split, args, promote_if_better=promote, show_progress=True, actor=cli_actor())
     verdict = "[green]passed[/]" if report.decision.passed else "[red]failed[/]"
     console.print(f"candidate [bold]{report.version.id}[/] ({report.version.metrics.get('train_seconds')} s training): gate {verdict}: {report.decision.reason}")
     if report.promoted:
@@ -84,7 +91,10 @@ def models_list(
 
 @models_app.command("promote")
 @reports_errors(ValueError)
-def models_promote(version_id: Annotated[str, typer.Argument(help="Version id from `models list`.")]) -> None:
+def models_promote(
+    version_id: Annotated[str, typer.Argument(help="Version id from `models list`.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even when the gate fails (recorded as forced).")] = False,
+) -> None:
     """Gate a version against the active one on its held-out queries and promote it if it is better."""
     from citeloop.registry import get_version, promote, record_metrics
     from feedback.reranker_loop import gate_record, run_gate
@@ -94,10 +104,10 @@ def models_promote(version_id: Annotated[str, typer.Argument(help="Version id fr
         fail(f"model version '{version_id}' is already active")
     decision = run_gate(version, show_progress=True)
     record_metrics(version_id, {"gate": gate_record(decision)})
-    if not decision.passed:
-        fail(f"gate failed, '{version_id}' not promoted: {decision.reason}")
-    promote(version_id)
-    console.print(f"promoted {version_id}: {decision.reason}")
+    if not decision.passed and not force:
+        fail(f"gate failed, '{version_id}' not promoted: {decision.reason} (--force promotes it anyway)")
+    promote(version_id, actor=cli_actor(), force=force)
+    console.print(f"promoted {version_id}{'' if decision.passed else ' (forced)'}: {decision.reason}")
 
 
 @models_app.command("rollback")
@@ -106,8 +116,27 @@ def models_rollback(
     kind: Annotated[str, typer.Argument(help="reranker or generator.")],
     collection: Annotated[str, typer.Option("--collection", "-c")],
 ) -> None:
-    """Retire the active version and re-activate the one before it (or none: the stage below serves)."""
+    """Re-activate the version that served before the active one was deployed (or none: the stage below serves)."""
     from citeloop.registry import rollback
 
-    restored = rollback(collection, kind)
+    restored = rollback(collection, kind, actor=cli_actor())
     console.print(f"'{collection}' {kind}: now {restored.id if restored else 'none (the stage below serves)'}")
+
+
+@models_app.command("history")
+@reports_errors()
+def models_history(
+    kind: Annotated[str, typer.Argument(help="reranker or generator.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+) -> None:
+    """Every promotion and rollback of a collection's models of a kind, oldest first."""
+    from citeloop.registry import deployment_history
+
+    deployments = deployment_history(collection, kind)
+    if not deployments:
+        console.print(f"'{collection}' has never deployed a {kind}")
+        return
+    table = Table("when", "from", "to", "why", "by")
+    for d in deployments:
+        table.add_row(f"{d.deployed_at:%Y-%m-%d %H:%M:%S}", d.from_version or "-", d.to_version or "-", d.reason, d.actor)
+    console.print(table)

@@ -77,6 +77,9 @@ def test_reranker_and_registry_commands_report_bad_input(tmp_path, tiny_beir):
     no_active = run_cli("models", "rollback", "reranker", "--collection", "nope", data_dir=data)
     assert no_active.returncode == 1 and "no collection named 'nope'" in no_active.stderr
 
+    no_history = run_cli("models", "history", "reranker", "--collection", "nope", data_dir=data)
+    assert no_history.returncode == 1 and "no collection named 'nope'" in no_history.stderr
+
     listed = run_cli("models", "list", data_dir=data)
     assert listed.returncode == 0 and "no model versions registered" in listed.stdout
 
