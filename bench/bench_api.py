@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import citeloop  # noqa: E402,F401
 from bench.readme_tables import write_table  # noqa: E402
+from bench.server import running_server  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "api.json"
 KEY, HEADING = "api-bench", "## API (`python bench/bench_api.py`)"
@@ -42,12 +43,6 @@ wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -71,21 +66,7 @@ def main() -> None:
 
     settings = Settings(data_dir=args.data_dir)
     key = create_key(f"bench-{uuid.uuid4().hex[:8]}", "admin", ["*"], settings)
-    port = free_port()
-    env = dict(os.environ, CITELOOP_DATA_DIR=str(args.data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="100000000")
-    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", str(args.workers)], cwd=REPO, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit("server did not become ready")
-            time.sleep(0.5)
+    with running_server(args.data_dir, args.workers) as (base, _server):
         client = Client(base, key)
         questions = [json.loads(l)["user_input"] for l in (REPO / "corpora" / "covidqa" / "questions_dev.jsonl").read_text().splitlines()]
         for q in questions[:10]:
@@ -142,9 +123,6 @@ def main() -> None:
             "asks_completed_meanwhile": len(asks),
         }
         print("feedback", feedback, flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     result = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "database": "postgresql" if settings.database_url else "sqlite",

@@ -1,0 +1,56 @@
+"""A citeloop API server in a subprocess for the bench scripts: started on a free loopback port, ready when
+/readyz says so, terminated on exit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(data_dir: Path, workers: int = 1, code: Path = REPO, ready_timeout_s: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
+    """(base URL, process) of uvicorn serving `api.app:create_app` from the checkout `code` over `data_dir`."""
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="100000000", PYTHONPATH=str(code))
+    command = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port), "--workers", str(workers)]
+    server = subprocess.Popen(command, cwd=code, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + ready_timeout_s
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.5)
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
