@@ -7,9 +7,8 @@ single kernels) followed by dynamic int8 quantisation with one scale per weight 
 plugin for bfloat16 inference, which it uses where the CPU computes in bf16 natively (AVX512-BF16 or AMX) and
 ignores elsewhere (fp32): the fastest backend measured on 2 cores with vectors at cosine >= 0.9999 to torch.
 `openvino-int8` (bi-encoders only) is OpenVINO's post-training static int8 (NNCF through optimum-intel's
-`OVQuantizer`), calibrated once on texts the caller supplies (bench/README.md). `auto` picks per host: OpenVINO's
-int8 and bf16 only pay where the CPU has the instructions for them (VNNI, AVX512-BF16 / AMX); elsewhere they ran no
-faster than torch and ONNX Runtime's dynamic int8 was the fastest (bench/README.md).
+`OVQuantizer`), calibrated once on texts the caller supplies (bench/README.md). Which one `auto` picks on a CPU:
+`citeloop.hardware`.
 """
 
 from __future__ import annotations
@@ -18,13 +17,9 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
-RerankBackend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
-# Static int8 needs calibration text of the model's own input kind; citeloop supplies it for the embedder.
-EmbedderBackend = Literal[RerankBackend, "openvino-int8"]
+from citeloop.hardware import EmbedderBackend
 
 # backend -> (sentence-transformers backend of the export, file of that export it runs, OpenVINO precision hint)
 EXPORTS: dict[str, tuple[str, str, str | None]] = {
@@ -38,28 +33,6 @@ CALIBRATION_MAX_TOKENS = 256
 # ONNX Runtime quantises activations per call: a text's int8 vector depends a little on the texts batched with it
 # (cosine 0.991-0.995 alone vs in a batch of three), an effect the measured nDCG@10 of onnx-int8 already includes.
 DYNAMIC_INT8 = frozenset({"onnx-int8"})
-INT8_DOT_PRODUCT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The x86 feature flags Linux reports for this CPU (empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def host_embedder_backend(flags: frozenset[str] | None = None) -> EmbedderBackend:
-    return "openvino-int8" if (cpu_flags() if flags is None else flags) & INT8_DOT_PRODUCT else "onnx-int8"
-
-
-def host_rerank_backend(flags: frozenset[str] | None = None) -> RerankBackend:
-    return "openvino-bf16" if (cpu_flags() if flags is None else flags) & NATIVE_BF16 else "onnx-int8"
 
 
 def load_with_backend(
