@@ -14,11 +14,11 @@ ignores elsewhere (fp32): the fastest backend measured on 2 cores with vectors a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from citeloop.files import staged
 from citeloop.hardware import EmbedderBackend
 
 # backend -> (sentence-transformers backend of the export, file of that export it runs, OpenVINO precision hint)
@@ -60,23 +60,16 @@ def _exported(model_class, source: Path, target: Path, family: str) -> Path:
     files = {name for backend, (fam, name, _) in EXPORTS.items() if fam == family and backend != "openvino-int8"}
     if all((target / name).is_file() for name in files):
         return target
-    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    model = model_class(str(staging), device="cpu", backend=family)
-    model.save_pretrained(str(staging))
-    if family == "onnx":
-        _fuse_and_quantize(staging)
-    for weights in ("model.safetensors", "pytorch_model.bin"):
-        (staging / weights).unlink(missing_ok=True)
     # A cache exported by an older citeloop lacks the current files and is replaced; if another process
-    # finished the same export first, its copy is as good as ours.
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
+    # finished the same export first, either copy is as good as the other.
+    with staged(target, replace=True) as staging:
+        shutil.copytree(source, staging)
+        model = model_class(str(staging), device="cpu", backend=family)
+        model.save_pretrained(str(staging))
+        if family == "onnx":
+            _fuse_and_quantize(staging)
+        for weights in ("model.safetensors", "pytorch_model.bin"):
+            (staging / weights).unlink(missing_ok=True)
     return target
 
 
@@ -88,17 +81,12 @@ def _quantize_static(model_class, exported: Path, texts: list[str]) -> None:
     model = model_class(str(exported), device="cpu", backend="openvino", model_kwargs={"file_name": EXPORTS["openvino"][1]})
     features = model.tokenizer(texts, padding="max_length", max_length=CALIBRATION_MAX_TOKENS, truncation=True)
     target = exported / Path(EXPORTS["openvino-int8"][1]).parts[0]
-    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    OVQuantizer.from_pretrained(model.transformers_model).quantize(
-        calibration_dataset=Dataset.from_dict(dict(features)),
-        save_directory=str(staging),
-        ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(texts))),
-    )
-    try:
-        staging.rename(target)
-    except OSError:  # another process quantised it first
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged(target, replace=False) as staging:  # kept: another process quantised it first
+        OVQuantizer.from_pretrained(model.transformers_model).quantize(
+            calibration_dataset=Dataset.from_dict(dict(features)),
+            save_directory=str(staging),
+            ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(texts))),
+        )
 
 
 def _fuse_and_quantize(model_dir: Path) -> None:

@@ -187,7 +187,7 @@ def test_ingest_killed_midway_keeps_previous_state(settings, tmp_path, moment):
     if moment == "embedding":
         assert proc.stdout.readline().strip() == b"embedded a batch", proc.stderr.read().decode()[-2000:]
     else:
-        while time.time() < deadline and not any(p.name.startswith(".staging-") for p in index_dir.rglob(".staging-*")):
+        while time.time() < deadline and not any(index_dir.rglob("*.staging-*")):
             time.sleep(0.02)
     assert proc.poll() is None, f"ingest ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)
