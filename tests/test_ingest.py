@@ -90,6 +90,12 @@ def test_ingest_reingest_change_and_delete(settings, tmp_path):
     assert delete_collection("kb", settings)
     with pytest.raises(UnknownCollectionError):
         CollectionRetriever("kb", settings)
+    assert not delete_collection("kb", settings)
+    # Deleting documents of a collection that does not exist names it, and creates no collection.
+    with pytest.raises(UnknownCollectionError, match="no collection named 'kb'"):
+        delete_documents("kb", ["fox.md"], settings)
+    with session_scope(settings) as session:
+        assert session.scalars(select(Collection.name)).all() == []
     assert list(settings.index_dir.iterdir()) == []  # the collection's build directories are gone
 
 
