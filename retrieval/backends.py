@@ -14,6 +14,7 @@ ignores elsewhere (fp32): the fastest backend measured on 2 cores with vectors a
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,25 @@ CALIBRATION_MAX_TOKENS = 256
 # ONNX Runtime quantises activations per call: a text's int8 vector depends a little on the texts batched with it
 # (cosine 0.991-0.995 alone vs in a batch of three), an effect the measured nDCG@10 of onnx-int8 already includes.
 DYNAMIC_INT8 = frozenset({"onnx-int8"})
+
+
+class _OfflineExportCheckFalseAlarm(logging.Filter):
+    """Drops optimum-intel's warning that it "could not infer whether the model was already converted" when the
+    cause is the TypeError of its offline branch. With HF_HUB_OFFLINE (set by citeloop) optimum-intel 1.27 treats
+    every model id as a hub id and joins it to `cache_dir`, which sentence-transformers passes as None, even for a
+    local directory (optimum's ONNX Runtime loader checks `os.path.isdir` first). The check it abandons is redundant:
+    sentence-transformers has already decided `export` from the files in the directory, and that value is kept.
+    No argument avoids it: offline mode forces the branch, and a real cache_dir only changes the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("Could not infer whether the model was already converted or not to the OpenVINO IR")
+            and message.endswith("\nexpected str, bytes or os.PathLike object, not NoneType")
+        )
+
+
+logging.getLogger("optimum.intel.openvino.modeling_base").addFilter(_OfflineExportCheckFalseAlarm())
 
 
 def load_with_backend(
