@@ -52,8 +52,9 @@ def main() -> None:
 
     from sentence_transformers import CrossEncoder
 
+    from citeloop.hardware import cpu_flags
     from citeloop.modelpkg import MINILM
-    from retrieval.backends import EXPORTS, cpu_flags, load_with_backend
+    from retrieval.backends import EXPORTS, load_with_backend
     from retrieval.embedder import load_embedder
 
     corpus = texts(args.texts)

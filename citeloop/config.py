@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from retrieval.backends import EmbedderBackend, RerankBackend, host_embedder_backend, host_rerank_backend
+
+from citeloop.hardware import EmbedderBackend, RerankBackend, host_embedder_backend, host_rerank_backend
 
 
 class Settings(BaseSettings):

@@ -6,10 +6,11 @@ their code), and each weight file is checked against a pinned sha256.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+
+from citeloop.files import sha256_file
 
 
 class ModelPackageError(RuntimeError):
@@ -41,14 +42,6 @@ class ModelPackage:
 
 
 _verified: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str, requirement: str) -> None:

@@ -8,7 +8,6 @@ second active version. Servers pick changes up on their next request (`active_ve
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session
 from citeloop.config import Settings, get_settings
 from citeloop.db import Collection, Deployment, ModelVersion, get_collection, session_scope, utcnow
 from citeloop.errors import UnknownCollectionError
-from citeloop.modelpkg import sha256_file
+from citeloop.files import artifact_sha256
 
 ModelKind = Literal["reranker", "generator"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("reranker", "generator")
@@ -71,14 +70,6 @@ def _info(row: ModelVersion, collection: str) -> VersionInfo:
         row.id, collection, row.kind, row.status, row.parent_id, Path(row.path), row.artifact_sha256,
         row.snapshot_id, dict(row.params or {}), dict(row.metrics or {}), row.created_at, row.promoted_at,
     )
-
-
-def artifact_sha256(directory: Path) -> str:
-    """One digest over every file of an artifact directory (relative names and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(directory).as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def models_dir(settings: Settings) -> Path:

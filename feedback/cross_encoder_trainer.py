@@ -1,6 +1,6 @@
 """The cross-encoder fit itself: training rows + validation samples -> the best checkpoint of a
 `CrossEncoderTrainer` run. Kept free of citeloop's storage and retrieval imports (only the CPU-flag reader of
-retrieval.backends, standard library alone) so the same code runs wherever sentence-transformers does (the GPU
+citeloop.hardware, standard library alone) so the same code runs wherever sentence-transformers does (the GPU
 check in bench/gpu_check.py imports it alone).
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from retrieval.backends import NATIVE_BF16, cpu_flags
+from citeloop.hardware import NATIVE_BF16, cpu_flags
 
 
 @dataclass

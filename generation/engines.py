@@ -17,6 +17,7 @@ from typing import Protocol
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
+from citeloop.lru import LRUCache
 from generation.models import GeneratorWeights, resolve_generator, safetensors_cache
 
 
@@ -177,8 +178,9 @@ class TransformersGenerator:
             raise GenerationTimeout(f"generation took longer than {params.timeout_s:.0f} s")
 
 
-_loaded: dict[tuple, Generator] = {}
-_loaded_lock = threading.Lock()
+# A server serves one generator; an evaluation compares two. Each holds 0.1-2 GB (a GGUF, or fp32 weights).
+LOADED_GENERATORS = 2
+_loaded: LRUCache[Generator] = LRUCache(LOADED_GENERATORS)
 
 
 def engine_for(weights: GeneratorWeights, settings: Settings) -> str:
@@ -195,9 +197,5 @@ def load_generator(settings: Settings | None = None, name: str | None = None) ->
     if engine == "llama-cpp" and weights.gguf is None:
         raise GenerationError(f"{weights.hf_dir}: the llama-cpp engine needs a GGUF file; use CITELOOP_GENERATOR_ENGINE=transformers")
     key = (weights.digest, engine, settings.context_window, _threads(settings), str(settings.model_cache_dir))
-    with _loaded_lock:
-        if key not in _loaded:
-            cls = LlamaCppGenerator if engine == "llama-cpp" else TransformersGenerator
-            _loaded[key] = cls(weights, settings)
-        return _loaded[key]
-
+    cls = LlamaCppGenerator if engine == "llama-cpp" else TransformersGenerator
+    return _loaded.get(key, lambda: cls(weights, settings))

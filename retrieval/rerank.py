@@ -18,6 +18,7 @@ import numpy as np
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
+from citeloop.lru import LRUCache
 from citeloop.registry import RegistryError, VersionInfo, active_version, artifact_sha256, verified_path
 from retrieval.ingest import index_text
 from retrieval.backends import load_with_backend
@@ -158,24 +159,17 @@ class CrossEncoderReranker:
         return out
 
 
-_loaded: dict[tuple, CrossEncoderReranker] = {}
-_unloadable: dict[tuple, Exception] = {}  # a version's artifact never changes: one found broken is not re-read per request
-_loaded_lock = threading.Lock()
+# One active reranker per collection served, plus candidates under evaluation; each holds a ~90 MB model and up
+# to SCORE_CACHE_SIZE scores. A version found broken (altered files, a combiner of other features) is remembered
+# as its error: a version's artifact never changes, so it is not re-read per request.
+LOADED_RERANKERS = 8
+_loaded: LRUCache[CrossEncoderReranker] = LRUCache(LOADED_RERANKERS, remembered_errors=(RegistryError, ValueError))
 
 
 def load_reranker(version: VersionInfo, settings: Settings) -> CrossEncoderReranker:
     """One loaded model per version and inference configuration (model loads take seconds)."""
     key = (version.id, settings.rerank_backend, settings.rerank_max_tokens, settings.rerank_batch_size, str(settings.model_cache_dir))
-    with _loaded_lock:
-        if key in _unloadable:
-            raise _unloadable[key]
-        if key not in _loaded:
-            try:
-                _loaded[key] = CrossEncoderReranker.from_version(version, settings)
-            except (RegistryError, ValueError) as error:  # altered files, a combiner of other features
-                _unloadable[key] = error
-                raise
-        return _loaded[key]
+    return _loaded.get(key, lambda: CrossEncoderReranker.from_version(version, settings))
 
 
 @dataclass

@@ -1,10 +1,15 @@
 """The one embedder loader: normalised vectors, and ONNX / OpenVINO backends that agree with torch."""
 
+import subprocess
+import sys
+
 import numpy as np
 
 from citeloop.config import Settings
-from retrieval.backends import DYNAMIC_INT8, host_embedder_backend, host_rerank_backend
+from citeloop.hardware import host_embedder_backend, host_rerank_backend
+from retrieval.backends import DYNAMIC_INT8
 from retrieval.embedder import load_embedder
+from tests.conftest import REPO
 
 SENTENCES = ["How do I open a file in Python?", "Foxes are omnivores.", "The mitochondria is the powerhouse of the cell."]
 
@@ -43,3 +48,19 @@ def test_auto_backends_use_openvino_only_where_the_cpu_has_its_instructions():
     # Settings resolve `auto` for this host, so collection names and caches name the backend actually used.
     settings = Settings(embedder_backend="auto", rerank_backend="auto")
     assert (settings.embedder_backend, settings.rerank_backend) == (host_embedder_backend(), host_rerank_backend())
+
+
+def test_settings_import_no_retrieval_module():
+    code = "import sys, citeloop.config; print(sorted(m for m in sys.modules if m.split('.')[0] == 'retrieval'))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_loading_the_embedder_prints_no_false_alarm():
+    # The backend auto picks on this CPU, loaded in a fresh process as a server worker starts it: the first run
+    # may export into an empty cache, the second loads what is cached, as every later start does.
+    code = "from citeloop.config import Settings; from retrieval.embedder import load_embedder; load_embedder(Settings())"
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        output = result.stdout + result.stderr
+        assert "expected str, bytes or os.PathLike object" not in output and "Could not infer" not in output, output

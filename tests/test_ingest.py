@@ -90,6 +90,12 @@ def test_ingest_reingest_change_and_delete(settings, tmp_path):
     assert delete_collection("kb", settings)
     with pytest.raises(UnknownCollectionError):
         CollectionRetriever("kb", settings)
+    assert not delete_collection("kb", settings)
+    # Deleting documents of a collection that does not exist names it, and creates no collection.
+    with pytest.raises(UnknownCollectionError, match="no collection named 'kb'"):
+        delete_documents("kb", ["fox.md"], settings)
+    with session_scope(settings) as session:
+        assert session.scalars(select(Collection.name)).all() == []
     assert list(settings.index_dir.iterdir()) == []  # the collection's build directories are gone
 
 
@@ -187,7 +193,7 @@ def test_ingest_killed_midway_keeps_previous_state(settings, tmp_path, moment):
     if moment == "embedding":
         assert proc.stdout.readline().strip() == b"embedded a batch", proc.stderr.read().decode()[-2000:]
     else:
-        while time.time() < deadline and not any(p.name.startswith(".staging-") for p in index_dir.rglob(".staging-*")):
+        while time.time() < deadline and not any(index_dir.rglob("*.staging-*")):
             time.sleep(0.02)
     assert proc.poll() is None, f"ingest ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)
@@ -198,5 +204,4 @@ def test_ingest_killed_midway_keeps_previous_state(settings, tmp_path, moment):
     report = ingest(read_paths([big]), "kb", settings)
     assert len(report.ingested) == 120
     assert len(assert_consistent(settings, "kb")) == 125
-    leftovers = [p for p in index_dir.rglob("*") if p.name.startswith(".staging-")]
-    assert leftovers == []
+    assert list(index_dir.rglob("*.staging-*")) == []
