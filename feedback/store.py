@@ -14,22 +14,25 @@ from typing import Any
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
-from citeloop.db import AnswerRecord, Collection, FeedbackRecord, SearchRecord, utcnow
+from citeloop.db import AnswerRecord, Collection, FeedbackRecord, SearchRecord, get_collection, utcnow
+from citeloop.errors import NotFoundError
 from citeloop.keys import Principal
 from feedback.events import FeedbackEvent, FeedbackKind
 from generation.pipeline import Answer, context_dict
 from retrieval.retriever import RetrievedChunk
 
 
-class NotFound(LookupError):
+class NotFound(NotFoundError):
     """No such answer/search/citation in the collections the caller reaches (never says which)."""
 
 
+class InvalidFeedback(ValueError):
+    """The event contradicts what it refers to (a chunk that was not shown, neither answer nor search)."""
+
+
 def collection_id(session: Session, name: str) -> int:
-    found = session.scalar(select(Collection.id).where(Collection.name == name))
-    if found is None:
-        raise NotFound(f"no collection named '{name}'")
-    return found
+    """The collection's id; raises UnknownCollectionError."""
+    return get_collection(session, name).id
 
 
 def save_answer(session: Session, answer: Answer, actor: str) -> AnswerRecord:
@@ -87,7 +90,7 @@ def record_event(
     reason: str | None = None,
     correction: str | None = None,
 ) -> FeedbackEvent:
-    """Store one event about a stored answer or search; raises NotFound or ValueError (bad input)."""
+    """Store one event about a stored answer or search; raises NotFound or InvalidFeedback."""
     if answer_id:
         source, name = _reachable(session, AnswerRecord, answer_id, caller)
         query, shown, text = source.question, source.contexts, source.answer
@@ -101,9 +104,9 @@ def record_event(
         source, name = _reachable(session, SearchRecord, search_id, caller)
         query, shown, text, cited = source.query, source.results, None, []
     else:
-        raise ValueError("give an answer_id or a search_id")
+        raise InvalidFeedback("give an answer_id or a search_id")
     if chunk_id is not None and chunk_id not in {c["chunk_id"] for c in shown}:
-        raise ValueError(f"chunk '{chunk_id}' was not among the contexts shown")
+        raise InvalidFeedback(f"chunk '{chunk_id}' was not among the contexts shown")
     event = FeedbackEvent(
         id=uuid.uuid4().hex,
         kind=kind,
