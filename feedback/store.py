@@ -191,19 +191,27 @@ def export_rows(session: Session, collection: str, since: datetime | None = None
     return rows
 
 
-def erase_actor(session: Session, actor: str) -> dict[str, int]:
-    """Right to erasure: the person's events, answers and searches, everywhere, and other people's events
-    about the person's answers and searches (they repeat the question). Training snapshots are built from the
-    events table, so later snapshots cannot contain any of it."""
-    answer_ids = select(AnswerRecord.id).where(AnswerRecord.actor == actor)
-    search_ids = select(SearchRecord.id).where(SearchRecord.actor == actor)
-    events = session.execute(
-        delete(FeedbackRecord).where(
-            (FeedbackRecord.actor == actor) | FeedbackRecord.answer_id.in_(answer_ids) | FeedbackRecord.search_id.in_(search_ids)
-        )
-    ).rowcount
-    answers = session.execute(delete(AnswerRecord).where(AnswerRecord.actor == actor)).rowcount
-    searches = session.execute(delete(SearchRecord).where(SearchRecord.actor == actor)).rowcount
+def erase_actor(session: Session, actor: str, caller: Principal) -> dict[str, dict[str, int]]:
+    """Right to erasure, in the collections the caller reaches: the person's events, answers and searches,
+    and other people's events about the person's answers and searches (they repeat the question). Returns
+    the counts erased per collection, for the collections where something was. Training snapshots are built
+    from the events table, so later snapshots cannot contain any of it."""
+    erased = {}
+    for cid, name in session.execute(select(Collection.id, Collection.name).order_by(Collection.name)).all():
+        if caller.reaches(name):
+            counts = _erase_in_collection(session, actor, cid)
+            if any(counts.values()):
+                erased[name] = counts
+    return erased
+
+
+def _erase_in_collection(session: Session, actor: str, cid: int) -> dict[str, int]:
+    answer_ids = select(AnswerRecord.id).where(AnswerRecord.collection_id == cid, AnswerRecord.actor == actor)
+    search_ids = select(SearchRecord.id).where(SearchRecord.collection_id == cid, SearchRecord.actor == actor)
+    about_actor = (FeedbackRecord.actor == actor) | FeedbackRecord.answer_id.in_(answer_ids) | FeedbackRecord.search_id.in_(search_ids)
+    events = session.execute(delete(FeedbackRecord).where(FeedbackRecord.collection_id == cid, about_actor)).rowcount
+    answers = session.execute(delete(AnswerRecord).where(AnswerRecord.collection_id == cid, AnswerRecord.actor == actor)).rowcount
+    searches = session.execute(delete(SearchRecord).where(SearchRecord.collection_id == cid, SearchRecord.actor == actor)).rowcount
     return {"events": events or 0, "answers": answers or 0, "searches": searches or 0}
 
 

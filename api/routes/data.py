@@ -1,4 +1,7 @@
-"""The feedback data itself (admin keys): export a collection's events, erase a person's data."""
+"""The feedback data itself (admin keys): export a collection's events, erase a person's data.
+
+Both touch only the collections the calling key reaches.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from fastapi.responses import Response
 
 from api.deps import Admin, ServicesDep, reach
 from api.errors import ERRORS
-from api.schemas import ErasureResult
+from api.schemas import CollectionErasure, ErasureResult
 from citeloop.db import session_scope
 from feedback.store import erase_actor, export_rows
 
@@ -43,8 +46,15 @@ def export(
 @router.delete("/v1/feedback", response_model=ErasureResult, responses=ERRORS)
 def erase(key_name: Annotated[str, Query(min_length=1)], caller: Admin, services: ServicesDep) -> ErasureResult:
     with session_scope(services.settings) as session:
-        counts = erase_actor(session, key_name)
-    return ErasureResult(key_name=key_name, **counts)
+        erased = erase_actor(session, key_name, caller)
+    per_collection = [CollectionErasure(collection=name, **counts) for name, counts in erased.items()]
+    return ErasureResult(
+        key_name=key_name,
+        events=sum(c.events for c in per_collection),
+        answers=sum(c.answers for c in per_collection),
+        searches=sum(c.searches for c in per_collection),
+        collections=per_collection,
+    )
 
 
 def _parquet(rows: list[dict]) -> bytes:
