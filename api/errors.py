@@ -95,7 +95,6 @@ class RequestIds(HttpMiddleware):
 
     async def handle(self, scope, receive, send) -> None:
         request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
         started = False
 
