@@ -6,6 +6,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from api.asgi import HttpMiddleware
 from citeloop.config import Settings
 
 REGISTRY = CollectorRegistry()
@@ -24,15 +25,10 @@ ACTIVE_MODEL = Gauge(
 )
 
 
-class RequestTimer:
-    """Pure ASGI middleware (no per-request task or body copying): latency by method, route template, status."""
+class RequestTimer(HttpMiddleware):
+    """Latency by method, route template, status."""
 
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    async def handle(self, scope, receive, send) -> None:
         started = time.perf_counter()
         status = {"code": 500}
 

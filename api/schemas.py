@@ -167,8 +167,18 @@ class ReviewItem(BaseModel):
     created_at: str
 
 
+class CollectionErasure(BaseModel):
+    collection: str
+    events: int
+    answers: int
+    searches: int
+
+
 class ErasureResult(BaseModel):
+    """Totals over the collections the calling key reaches, and what was erased in each of them."""
+
     key_name: str
     events: int
     answers: int
     searches: int
+    collections: list[CollectionErasure]

@@ -14,22 +14,25 @@ from typing import Any
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
-from citeloop.db import AnswerRecord, Collection, FeedbackRecord, SearchRecord, utcnow
+from citeloop.db import AnswerRecord, Collection, FeedbackRecord, SearchRecord, get_collection, utcnow
+from citeloop.errors import NotFoundError
 from citeloop.keys import Principal
 from feedback.events import FeedbackEvent, FeedbackKind
 from generation.pipeline import Answer, context_dict
 from retrieval.retriever import RetrievedChunk
 
 
-class NotFound(LookupError):
+class NotFound(NotFoundError):
     """No such answer/search/citation in the collections the caller reaches (never says which)."""
 
 
+class InvalidFeedback(ValueError):
+    """The event contradicts what it refers to (a chunk that was not shown, neither answer nor search)."""
+
+
 def collection_id(session: Session, name: str) -> int:
-    found = session.scalar(select(Collection.id).where(Collection.name == name))
-    if found is None:
-        raise NotFound(f"no collection named '{name}'")
-    return found
+    """The collection's id; raises UnknownCollectionError."""
+    return get_collection(session, name).id
 
 
 def save_answer(session: Session, answer: Answer, actor: str) -> AnswerRecord:
@@ -87,7 +90,7 @@ def record_event(
     reason: str | None = None,
     correction: str | None = None,
 ) -> FeedbackEvent:
-    """Store one event about a stored answer or search; raises NotFound or ValueError (bad input)."""
+    """Store one event about a stored answer or search; raises NotFound or InvalidFeedback."""
     if answer_id:
         source, name = _reachable(session, AnswerRecord, answer_id, caller)
         query, shown, text = source.question, source.contexts, source.answer
@@ -101,9 +104,9 @@ def record_event(
         source, name = _reachable(session, SearchRecord, search_id, caller)
         query, shown, text, cited = source.query, source.results, None, []
     else:
-        raise ValueError("give an answer_id or a search_id")
+        raise InvalidFeedback("give an answer_id or a search_id")
     if chunk_id is not None and chunk_id not in {c["chunk_id"] for c in shown}:
-        raise ValueError(f"chunk '{chunk_id}' was not among the contexts shown")
+        raise InvalidFeedback(f"chunk '{chunk_id}' was not among the contexts shown")
     event = FeedbackEvent(
         id=uuid.uuid4().hex,
         kind=kind,
@@ -188,19 +191,27 @@ def export_rows(session: Session, collection: str, since: datetime | None = None
     return rows
 
 
-def erase_actor(session: Session, actor: str) -> dict[str, int]:
-    """Right to erasure: the person's events, answers and searches, everywhere, and other people's events
-    about the person's answers and searches (they repeat the question). Training snapshots are built from the
-    events table, so later snapshots cannot contain any of it."""
-    answer_ids = select(AnswerRecord.id).where(AnswerRecord.actor == actor)
-    search_ids = select(SearchRecord.id).where(SearchRecord.actor == actor)
-    events = session.execute(
-        delete(FeedbackRecord).where(
-            (FeedbackRecord.actor == actor) | FeedbackRecord.answer_id.in_(answer_ids) | FeedbackRecord.search_id.in_(search_ids)
-        )
-    ).rowcount
-    answers = session.execute(delete(AnswerRecord).where(AnswerRecord.actor == actor)).rowcount
-    searches = session.execute(delete(SearchRecord).where(SearchRecord.actor == actor)).rowcount
+def erase_actor(session: Session, actor: str, caller: Principal) -> dict[str, dict[str, int]]:
+    """Right to erasure, in the collections the caller reaches: the person's events, answers and searches,
+    and other people's events about the person's answers and searches (they repeat the question). Returns
+    the counts erased per collection, for the collections where something was. Training snapshots are built
+    from the events table, so later snapshots cannot contain any of it."""
+    erased = {}
+    for cid, name in session.execute(select(Collection.id, Collection.name).order_by(Collection.name)).all():
+        if caller.reaches(name):
+            counts = _erase_in_collection(session, actor, cid)
+            if any(counts.values()):
+                erased[name] = counts
+    return erased
+
+
+def _erase_in_collection(session: Session, actor: str, cid: int) -> dict[str, int]:
+    answer_ids = select(AnswerRecord.id).where(AnswerRecord.collection_id == cid, AnswerRecord.actor == actor)
+    search_ids = select(SearchRecord.id).where(SearchRecord.collection_id == cid, SearchRecord.actor == actor)
+    about_actor = (FeedbackRecord.actor == actor) | FeedbackRecord.answer_id.in_(answer_ids) | FeedbackRecord.search_id.in_(search_ids)
+    events = session.execute(delete(FeedbackRecord).where(FeedbackRecord.collection_id == cid, about_actor)).rowcount
+    answers = session.execute(delete(AnswerRecord).where(AnswerRecord.collection_id == cid, AnswerRecord.actor == actor)).rowcount
+    searches = session.execute(delete(SearchRecord).where(SearchRecord.collection_id == cid, SearchRecord.actor == actor)).rowcount
     return {"events": events or 0, "answers": answers or 0, "searches": searches or 0}
 
 

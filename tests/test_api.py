@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,22 @@ from tests.conftest import PG_URL, REPO, _pg_database
 pytestmark = pytest.mark.slow
 TUTORIAL = REPO / "corpora" / "python-docs" / "sources" / "tutorial"
 SMALL_MODEL = {"CITELOOP_GENERATOR": "smollm2-135m", "CITELOOP_MAX_NEW_TOKENS": "32"}
+
+
+ABSTAIN_REASONS = {"no_contexts", "weak_evidence", "model_declined", "unsupported"}
+
+
+def assert_grounded(answer: dict) -> None:
+    """An answer is either verified, with citations that each quote a span of the context they number, or an
+    abstention with a known reason and no citations."""
+    if answer["abstained"]:
+        assert answer["abstain_reason"] in ABSTAIN_REASONS and answer["citations"] == []
+    else:
+        assert answer["abstain_reason"] is None and answer["citations"]
+    for citation in answer["citations"]:
+        source = answer["contexts"][citation["n"] - 1]
+        assert (citation["chunk_id"], citation["doc_id"]) == (source["chunk_id"], source["doc_id"])
+        assert citation["quote"] and source["text"][citation["start"] : citation["end"]] == citation["quote"]
 
 
 def free_port() -> int:
@@ -38,6 +55,20 @@ def server_env(data_dir: Path, database_url: str | None = None) -> dict[str, str
     return env
 
 
+def wait_until_ready(url: str, gone: Callable[[], str | None], timeout_s: float = 180) -> None:
+    """Polls `url` until it answers 200; `gone()` says why the server stopped, or None while it runs."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert gone() is None, gone()
+        assert time.time() < deadline, "server did not become ready"
+        time.sleep(0.3)
+
+
 @contextmanager
 def serve(env: dict[str, str], ready: str = "/readyz"):
     port = free_port()
@@ -47,16 +78,7 @@ def serve(env: dict[str, str], ready: str = "/readyz"):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(base + ready, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline, "server did not become ready"
-            time.sleep(0.3)
+        wait_until_ready(base + ready, lambda: None if proc.poll() is None else proc.stderr.read().decode())
         yield base, proc
     finally:
         if proc.poll() is None:
@@ -113,21 +135,25 @@ def test_ask_answers_with_contexts_citations_and_models_then_feedback_is_exporte
     answer = alice.ask("team-a", "How do I read a file line by line?")
     assert answer["contexts"] and all(c["doc_id"].endswith(".rst.txt") for c in answer["contexts"])
     assert answer["models"]["generator"].startswith("smollm2-135m@")
-    for citation in answer["citations"]:
-        assert answer["contexts"][citation["n"] - 1]["chunk_id"] == citation["chunk_id"]
+    assert_grounded(answer)
 
     alice.vote(answer["answer_id"], "down", "too vague")
     alice.vote(answer["answer_id"], "up")  # the latest vote wins, the first stays in the history
     chunk = answer["contexts"][0]["chunk_id"]
     carol.judge(chunk, True, answer_id=answer["answer_id"])
     carol.correct(answer["answer_id"], "Loop over the file object: for line in f: ...")
+    expected = ["thumbs_down", "thumbs_up", "relevant", "correction"]
     if answer["citations"]:
         carol.flag(answer["answer_id"], answer["citations"][0]["n"], "quote does not say this")
+        expected.append("citation_flag")
+    else:  # an abstention has no citation to flag
+        with pytest.raises(CiteloopError) as caught:
+            carol.flag(answer["answer_id"], 1, "quote does not say this")
+        assert caught.value.status == 404
 
     rows = [json.loads(line) for line in root.export("team-a").decode().splitlines()]
     mine = [r for r in rows if r["answer_id"] == answer["answer_id"]]
-    kinds = [r["kind"] for r in mine]
-    assert kinds[:4] == ["thumbs_down", "thumbs_up", "relevant", "correction"]
+    assert [r["kind"] for r in mine] == expected
     assert [r["superseded"] for r in mine[:2]] == [True, False]
     first = mine[0]
     assert first["query"] == "How do I read a file line by line?" and first["reason"] == "too vague"
@@ -190,7 +216,9 @@ def test_streaming_sends_contexts_tokens_citations_done(site):
     assert names[0] == "contexts" and names[-2:] == ["citations", "done"]
     assert set(names[1:-2]) <= {"token"} and "token" in names
     done = events[-1][1]
-    assert done["answer_id"] and (done["abstained"] or done["citations"] is not None)
+    assert_grounded(done)
+    assert events[-2][1] == {"answer_id": done["answer_id"], "citations": done["citations"]}
+    assert [c["chunk_id"] for c in done["contexts"]] == [c["chunk_id"] for c in events[0][1]]
 
 
 def test_rate_limit_per_key_answers_429_with_retry_after(site, tmp_path):
@@ -265,6 +293,8 @@ def test_erasure_removes_a_persons_events_and_answers(site):
     assert any(json.loads(l)["actor"] == "bob" for l in root.export("team-b").decode().splitlines())
     erased = root.erase("bob")
     assert erased["events"] >= 2 and erased["answers"] >= 1
+    assert [c["collection"] for c in erased["collections"]] == ["team-b"]  # bob asked nowhere else
+    assert erased["events"] == erased["collections"][0]["events"]
     rows = [json.loads(l) for l in root.export("team-b").decode().splitlines()]
     assert not any(r["actor"] == "bob" or r["answer_id"] == answer["answer_id"] for r in rows)
     with pytest.raises(CiteloopError) as caught:
