@@ -109,10 +109,12 @@ def test_uncited_sentence_is_attributed_to_its_best_source_and_the_marker_added(
 
 
 def test_refusals_are_recognised():
-    assert declined("I don't know.", "I don't know.")
-    assert declined("The sources do not mention the capital.", "The sources do not mention the capital.")
-    assert declined("   ", "")
-    assert not declined("Use open() [1].", "Use open().")
+    assert declined("I don't know.")
+    assert declined("The sources do not mention the capital [1]. Paris is large.")
+    assert declined("   ")
+    assert not declined("Use open() [1].")
+    # only the first sentence is read: an answer that qualifies a detail later is not a refusal
+    assert not declined("Use open() to read a file [1]. The sources do not mention encodings.")
 
 
 def test_fragments_state_nothing_and_get_no_citation(spans):
