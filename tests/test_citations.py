@@ -123,3 +123,14 @@ def test_fragments_state_nothing_and_get_no_citation(spans):
     assert fragments, [s.text for s in sentences]
     citations = verify_citations("How do I close a file?", sentences, SOURCES, spans, THRESHOLDS)
     assert all(sentences[c.sentence].is_claim for c in citations)
+
+
+def test_a_copied_sentence_that_does_not_answer_the_question_supports_nothing(spans):
+    question = "How do I make sure a file is closed?"
+    answer = "Rain is expected in the north on Tuesday [3]."
+    any_relevance = SupportThresholds(0.5, 0.4, min_relevance=-1.0)
+    (loose,) = verify_citations(question, split_cited_sentences(answer, 3), SOURCES, spans, any_relevance, attribute_uncited=False)
+    assert loose.supported and loose.similarity >= 0.5 and loose.overlap >= 0.4  # copied: the first two criteria hold
+    relevant = SupportThresholds(0.5, 0.4, min_relevance=0.25)
+    (strict,) = verify_citations(question, split_cited_sentences(answer, 3), SOURCES, spans, relevant, attribute_uncited=False)
+    assert not strict.supported and strict.relevance < 0.25
