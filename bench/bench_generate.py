@@ -77,8 +77,8 @@ def main() -> None:
     from eval.qa import evaluate_qa, load_questions
     from eval.retrieval import ensure_eval_collection
     from generation.engines import load_generator
-    from generation.pipeline import AnswerPipeline, numbered_sources
-    from generation.prompt import build_messages, fit_sources
+    from generation.pipeline import AnswerPipeline
+    from generation.prompt import build_messages, fit_sources, numbered_sources
     from retrieval.rerank import RankedSearch
 
     base = Settings(data_dir=args.data_dir)

@@ -1,8 +1,12 @@
 """Inline citations: parse `[n]` markers out of an answer and verify each cited sentence against its chunk.
 
-A citation is supported when the sentence is close to some span of the cited chunk in embedding space
-(MiniLM cosine) and the chunk contains enough of the sentence's content words (BM25's tokeniser: stemmed,
-stopwords out). The best-matching span is returned as the quote, with offsets inside the chunk text.
+A citation is supported when all three hold (`SupportThresholds`):
+- similarity: the sentence is close to some span of the cited chunk in embedding space (MiniLM cosine);
+- overlap: the chunk contains enough of the sentence's content words (BM25's tokeniser: stemmed, stopwords
+  out; words the question already has are left out when others remain);
+- relevance: the sentence is close to the question (MiniLM cosine), so a copied passage that does not
+  answer supports nothing.
+The best-matching span is returned as the quote, with offsets inside the chunk text.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """question -> retrieve (hybrid, reranked when a reranker is active) -> numbered sources -> streamed answer
 -> verified citations, or an explicit abstention with its reason.
 
-`AnswerPipeline.stream` yields events (the API's server-sent events map onto them one to one):
-`ContextsEvent` once, `TokenEvent` per generated piece, then `DoneEvent` with the finished `Answer`.
-Citations are resolved at the end, when the whole answer is known.
+`AnswerPipeline` composes the components (`retrieval.rerank.HybridRetriever` and `Reranker`, then
+`generation.components`' PromptBuilder, AnswerGenerator, CitationVerifier and AbstentionPolicy), handing each
+the previous one's output. `AnswerPipeline.stream` yields events (the API's server-sent events map onto them
+one to one): `ContextsEvent` once, `TokenEvent` per generated piece, then `DoneEvent` with the finished
+`Answer`. Citations are resolved at the end, when the whole answer is known.
 """
 
 from __future__ import annotations
@@ -15,33 +17,37 @@ from dataclasses import asdict, dataclass, field
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
-from generation.citations import (
-    AnswerSentence,
-    Citation,
-    Source,
-    SpanEncoder,
-    SupportThresholds,
-    split_cited_sentences,
-    verify_citations,
-    with_attributed_markers,
+from generation.citations import AnswerSentence, Citation, SupportThresholds
+from generation.components import (
+    ABSTAIN_REASONS,
+    AbstentionPolicy,
+    AnswerGenerator,
+    CitationVerifier,
+    PromptBuilder,
+    TokenEvent,
+    elapsed_ms,
 )
-from generation.engines import Generator, SamplingParams, load_generator
-from generation.prompt import REFUSAL, build_messages, declined, fit_sources
-from retrieval.embedder import EMBEDDER_ID
+from generation.engines import SamplingParams, load_generator
+from generation.prompt import REFUSAL
+from retrieval.embedder import EMBEDDER_ID, load_embedder
 from retrieval.rerank import RankedSearch
 from retrieval.retriever import RetrievedChunk
+
+__all__ = [
+    "ABSTAIN_REASONS",
+    "Answer",
+    "AnswerEvent",
+    "AnswerPipeline",
+    "ContextsEvent",
+    "DoneEvent",
+    "QuestionError",
+    "TokenEvent",
+    "context_dict",
+]
 
 
 class QuestionError(ValueError):
     """The question cannot be answered as asked (empty, too long, or the collection has nothing)."""
-
-
-ABSTAIN_REASONS = {
-    "no_contexts": "the collection returned no passages for this question",
-    "weak_evidence": "no passage is close enough to the question",
-    "model_declined": "the sources do not contain the answer",
-    "unsupported": "too few sentences of the draft answer are supported by the passages (CITELOOP_ANSWER_MIN_SUPPORT)",
-}
 
 
 @dataclass
@@ -88,11 +94,6 @@ class ContextsEvent:
 
 
 @dataclass
-class TokenEvent:
-    text: str
-
-
-@dataclass
 class DoneEvent:
     answer: Answer
 
@@ -108,13 +109,17 @@ class AnswerPipeline:
     search: RankedSearch | None = None
 
     def __post_init__(self) -> None:
+        settings = self.settings
         if self.search is None:
-            self.search = RankedSearch(self.collection, self.settings)
-        self.generator: Generator = load_generator(self.settings)
-        self.thresholds = SupportThresholds(
-            self.settings.citation_min_similarity, self.settings.citation_min_overlap, self.settings.citation_min_relevance
-        )
-        self.spans = SpanEncoder(self.search.retriever.embedder.embed)
+            self.search = RankedSearch(self.collection, settings)
+        self.retriever = self.search.hybrid
+        self.reranker = self.search.reranker
+        generator = load_generator(settings)
+        self.prompt_builder = PromptBuilder(generator.count_tokens, settings.context_window - settings.max_new_tokens)
+        self.generator = AnswerGenerator(generator, SamplingParams.from_settings(settings))
+        thresholds = SupportThresholds(settings.citation_min_similarity, settings.citation_min_overlap, settings.citation_min_relevance)
+        self.verifier = CitationVerifier(load_embedder(settings).embed, thresholds)
+        self.policy = AbstentionPolicy(settings.abstain_min_evidence, settings.answer_min_support)
 
     def check_question(self, question: str) -> str:
         question = question.strip()
@@ -136,19 +141,18 @@ class AnswerPipeline:
         question = self.check_question(question)
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        self.search.retriever.refresh()
-        if len(self.search.retriever) == 0:
+        wanted = top_k or self.settings.answer_contexts
+        retrieved = self.retriever.run(question, wanted)
+        if retrieved.chunks == 0:
             raise QuestionError(f"collection '{self.collection}' has no documents; ingest some first")
-        found = self.search.search(question, k=top_k or self.settings.answer_contexts)
-        timings["retrieve"] = _ms(started)
-        budget = self.settings.context_window - self.settings.max_new_tokens
-        sources = fit_sources(question, numbered_sources(found.hits), self.generator.count_tokens, budget)
-        contexts = found.hits[: len(sources)]
-        models = {"reranker": found.reranker, "generator": self.generator.model_id, "embedder": EMBEDDER_ID}
-        yield ContextsEvent(contexts)
+        ranked = self.reranker.run(question, retrieved.hits, wanted)
+        timings["retrieve"] = elapsed_ms(started)
+        prompt = self.prompt_builder.run(question, ranked.hits)
+        models = {"reranker": ranked.reranker, "generator": self.generator.model_id, "embedder": EMBEDDER_ID}
+        yield ContextsEvent(prompt.contexts)
 
         def finish(text: str, reason: str | None, sentences=(), citations=(), draft: str = "") -> DoneEvent:
-            timings["total"] = _ms(started)
+            timings["total"] = elapsed_ms(started)
             return DoneEvent(
                 Answer(
                     answer_id=uuid.uuid4().hex,
@@ -159,53 +163,25 @@ class AnswerPipeline:
                     abstain_reason=reason,
                     citations=list(citations),
                     sentences=list(sentences),
-                    contexts=contexts,
+                    contexts=prompt.contexts,
                     models=models,
                     timings_ms={k: round(v, 1) for k, v in timings.items()},
                     draft=draft,
                 )
             )
 
-        if not sources:
-            yield finish(REFUSAL, "no_contexts")
+        if reason := self.policy.before_generating(prompt.contexts):
+            yield finish(REFUSAL, reason)
             return
-        if max(_dense(h) for h in contexts) < self.settings.abstain_min_evidence:
-            yield finish(REFUSAL, "weak_evidence")
+        draft = yield from self.generator.run(prompt.messages, started)
+        timings |= draft.timings_ms
+        if reason := self.policy.after_generating(draft.text):
+            yield finish(REFUSAL, reason, draft=draft.text)
             return
-
-        pieces: list[str] = []
-        generate_start = time.perf_counter()
-        for piece in self.generator.stream(build_messages(question, sources), SamplingParams.from_settings(self.settings)):
-            if not pieces:
-                timings["first_token"] = _ms(started)
-            pieces.append(piece)
-            yield TokenEvent(piece)
-        timings["generate"] = _ms(generate_start)
-        draft = "".join(pieces).strip()
-
         verify_start = time.perf_counter()
-        sentences = split_cited_sentences(draft, len(sources))
-        if declined(draft, sentences[0].text if sentences else ""):
-            yield finish(REFUSAL, "model_declined", draft=draft)
+        verified = self.verifier.run(question, draft.text, prompt.sources)
+        timings["verify"] = elapsed_ms(verify_start)
+        if reason := self.policy.after_verifying(verified):
+            yield finish(REFUSAL, reason, draft=draft.text)
             return
-        citations = verify_citations(question, sentences, sources, self.spans, self.thresholds)
-        timings["verify"] = _ms(verify_start)
-        claims = [s for s in sentences if s.is_claim]
-        if not claims or sum(s.supported for s in claims) / len(claims) < self.settings.answer_min_support:
-            yield finish(REFUSAL, "unsupported", draft=draft)
-            return
-        yield finish(with_attributed_markers(draft, sentences, citations), None, sentences, citations, draft=draft)
-
-
-def numbered_sources(hits: list[RetrievedChunk]) -> list[Source]:
-    """Hits as the prompt numbers them: [1] is the best-ranked."""
-    return [Source(n, h.chunk_id, h.doc_id, h.title, h.text) for n, h in enumerate(hits, start=1)]
-
-
-def _dense(hit: RetrievedChunk) -> float:
-    stage = hit.stages.get("dense")
-    return stage.score if stage else -1.0
-
-
-def _ms(since: float) -> float:
-    return (time.perf_counter() - since) * 1000
+        yield finish(verified.answer, None, verified.sentences, verified.citations, draft=draft.text)

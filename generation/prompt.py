@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from generation.citations import Source
+from generation.citations import Source, split_cited_sentences
+from retrieval.retriever import RetrievedChunk
 
 REFUSAL = "I don't know."
 SYSTEM_PROMPT = (
@@ -22,6 +23,11 @@ DECLINED = re.compile(
     r"no information)\b",
     re.IGNORECASE,
 )
+
+
+def numbered_sources(hits: Sequence[RetrievedChunk]) -> list[Source]:
+    """Hits as the prompt numbers them: [1] is the best-ranked."""
+    return [Source(n, h.chunk_id, h.doc_id, h.title, h.text) for n, h in enumerate(hits, start=1)]
 
 
 def format_source(source: Source) -> str:
@@ -52,5 +58,7 @@ def fit_sources(
     return kept
 
 
-def declined(answer: str, first_sentence: str) -> bool:
-    return not answer.strip() or bool(DECLINED.search(first_sentence))
+def declined(answer: str) -> bool:
+    """An empty answer, or one whose first sentence (markers left out) is a refusal."""
+    sentences = split_cited_sentences(answer, n_sources=0)  # any marker will do: only the words are read
+    return not answer.strip() or bool(DECLINED.search(sentences[0].text if sentences else ""))

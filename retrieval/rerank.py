@@ -179,37 +179,76 @@ class SearchResult:
     note: str | None = None  # why the results are not reranked
 
 
-class RankedSearch:
-    """Hybrid retrieval, then the collection's active reranker; picks up promotions and rollbacks per request."""
+@dataclass
+class RetrievedHits:
+    hits: list[RetrievedChunk]
+    chunks: int  # in the index build searched: 0 when the collection has no documents
 
-    def __init__(self, collection: str, settings: Settings | None = None):
+
+class HybridRetriever:
+    """Component: hybrid (dense + BM25, fused) retrieval of one collection, on its newest index build."""
+
+    def __init__(self, retriever: CollectionRetriever, min_hits: int = 0):
+        self._retriever = retriever
+        self.min_hits = min_hits  # returned even when fewer are asked for: the candidates a reranker reorders
+
+    def run(self, query: str, k: int, filters: dict | None = None) -> RetrievedHits:
+        """The best max(k, min_hits) chunks; raises UnknownCollectionError once the collection is deleted."""
+        self._retriever.refresh()
+        hits = self._retriever.search(query, k=max(k, self.min_hits), mode="hybrid", filters=filters)
+        return RetrievedHits(hits, len(self._retriever))
+
+
+class Reranker:
+    """Component: the collection's active cross-encoder over first-stage hits, or those hits unchanged with a
+    note saying why (none promoted, or its artifact cannot be loaded). Picks up promotions and rollbacks per run."""
+
+    def __init__(self, collection: str, settings: Settings):
         import logging
 
+        self.collection = collection
+        self.settings = settings
+        self._log = logging.getLogger("citeloop.rerank")
+
+    def run(self, query: str, hits: list[RetrievedChunk], k: int, version: VersionInfo | None = None) -> SearchResult:
+        """The best `k` of `hits`; `version` (a reranker asked for by id) instead of the active one."""
+        active = version or active_version(self.collection, "reranker", self.settings)
+        if active is None:
+            note = f"no promoted reranker for collection '{self.collection}': serving hybrid retrieval"
+            self._log.info(note)
+            return SearchResult(hits[:k], None, note)
+        try:
+            model = load_reranker(active, self.settings)
+        except (RegistryError, ValueError, OSError) as error:
+            if version is not None:  # asked for by id (an evaluation): its results would not be what was asked
+                raise
+            # A broken active artifact must not take search down: serve the stage below and say why.
+            note = f"active reranker {active.id} of '{self.collection}' cannot be loaded ({error}): serving hybrid retrieval"
+            self._log.error(note)
+            return SearchResult(hits[:k], None, note)
+        return SearchResult(model.rerank(query, hits, self.settings.rerank_top_n)[:k], active.id)
+
+
+class RankedSearch:
+    """Hybrid retrieval, then the collection's active reranker: the composition that search, evaluation and the
+    answer pipeline share, so a process holds one copy of a collection's index and texts.
+
+    `retriever` is the collection's loaded index (evaluation scores its dense and BM25 stages alone); `hybrid`
+    and `reranker` are the two components `search` runs.
+    """
+
+    def __init__(self, collection: str, settings: Settings | None = None):
         self.settings = settings or get_settings()
         self.collection = collection
         self.retriever = CollectionRetriever(collection, self.settings)
-        self._log = logging.getLogger("citeloop.rerank")
+        self.hybrid = HybridRetriever(self.retriever, min_hits=self.settings.rerank_top_n)
+        self.reranker = Reranker(collection, self.settings)
 
     def refresh(self) -> None:
         """Pick up the collection's newest index build (raises UnknownCollectionError once it is deleted)."""
         self.retriever.refresh()
 
-    def search(self, query: str, k: int = 10, filters=None, reranker: VersionInfo | None = None, depth: int | None = None) -> SearchResult:
-        top_n = self.settings.rerank_top_n
-        hits = self.retriever.search(query, k=max(k, top_n, depth or 0), mode="hybrid", filters=filters)
-        version = reranker or active_version(self.collection, "reranker", self.settings)
-        if version is None:
-            note = f"no promoted reranker for collection '{self.collection}': serving hybrid retrieval"
-            self._log.info(note)
-            return SearchResult(hits[: max(k, depth or 0)], None, note)
-        try:
-            model = load_reranker(version, self.settings)
-        except (RegistryError, ValueError, OSError) as error:
-            if reranker is not None:  # asked for by id (an evaluation): its results would not be what was asked
-                raise
-            # A broken active artifact must not take search down: serve the stage below and say why.
-            note = f"active reranker {version.id} of '{self.collection}' cannot be loaded ({error}): serving hybrid retrieval"
-            self._log.error(note)
-            return SearchResult(hits[: max(k, depth or 0)], None, note)
-        ranked = model.rerank(query, hits, top_n)
-        return SearchResult(ranked[: max(k, depth or 0)], version.id)
+    def search(self, query: str, k: int = 10, filters: dict | None = None, reranker: VersionInfo | None = None, depth: int | None = None) -> SearchResult:
+        """The best max(k, depth) chunks, reranked by `reranker` (default: the active one) when there is one."""
+        wanted = max(k, depth or 0)
+        return self.reranker.run(query, self.hybrid.run(query, wanted, filters).hits, wanted, reranker)

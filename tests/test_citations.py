@@ -109,10 +109,12 @@ def test_uncited_sentence_is_attributed_to_its_best_source_and_the_marker_added(
 
 
 def test_refusals_are_recognised():
-    assert declined("I don't know.", "I don't know.")
-    assert declined("The sources do not mention the capital.", "The sources do not mention the capital.")
-    assert declined("   ", "")
-    assert not declined("Use open() [1].", "Use open().")
+    assert declined("I don't know.")
+    assert declined("The sources do not mention the capital [1]. Paris is large.")
+    assert declined("   ")
+    assert not declined("Use open() [1].")
+    # only the first sentence is read: an answer that qualifies a detail later is not a refusal
+    assert not declined("Use open() to read a file [1]. The sources do not mention encodings.")
 
 
 def test_fragments_state_nothing_and_get_no_citation(spans):
@@ -121,3 +123,14 @@ def test_fragments_state_nothing_and_get_no_citation(spans):
     assert fragments, [s.text for s in sentences]
     citations = verify_citations("How do I close a file?", sentences, SOURCES, spans, THRESHOLDS)
     assert all(sentences[c.sentence].is_claim for c in citations)
+
+
+def test_a_copied_sentence_that_does_not_answer_the_question_supports_nothing(spans):
+    question = "How do I make sure a file is closed?"
+    answer = "Rain is expected in the north on Tuesday [3]."
+    any_relevance = SupportThresholds(0.5, 0.4, min_relevance=-1.0)
+    (loose,) = verify_citations(question, split_cited_sentences(answer, 3), SOURCES, spans, any_relevance, attribute_uncited=False)
+    assert loose.supported and loose.similarity >= 0.5 and loose.overlap >= 0.4  # copied: the first two criteria hold
+    relevant = SupportThresholds(0.5, 0.4, min_relevance=0.25)
+    (strict,) = verify_citations(question, split_cited_sentences(answer, 3), SOURCES, spans, relevant, attribute_uncited=False)
+    assert not strict.supported and strict.relevance < 0.25

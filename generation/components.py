@@ -1,0 +1,149 @@
+"""The answer pipeline's components after retrieval and reranking (those are `retrieval.rerank.HybridRetriever`
+and `retrieval.rerank.Reranker`): each a small class whose `run` takes its inputs as arguments and returns a
+small dataclass, so it can be built and tested alone. `generation.pipeline.AnswerPipeline` composes them.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from generation.citations import (
+    AnswerSentence,
+    Citation,
+    Source,
+    SpanEncoder,
+    SupportThresholds,
+    split_cited_sentences,
+    verify_citations,
+    with_attributed_markers,
+)
+from generation.engines import Generator, SamplingParams
+from generation.prompt import build_messages, declined, fit_sources, numbered_sources
+from retrieval.retriever import RetrievedChunk
+
+ABSTAIN_REASONS = {
+    "no_contexts": "the collection returned no passages for this question",
+    "weak_evidence": "no passage is close enough to the question",
+    "model_declined": "the sources do not contain the answer",
+    "unsupported": "too few sentences of the draft answer are supported by the passages (CITELOOP_ANSWER_MIN_SUPPORT)",
+}
+
+
+@dataclass
+class Prompt:
+    messages: list[dict[str, str]]  # chat messages for the generator
+    sources: list[Source]  # the numbered sources the messages hold
+    contexts: list[RetrievedChunk]  # the hits behind them, in prompt order: contexts[n - 1] is [n]
+
+
+class PromptBuilder:
+    """Numbers the hits as sources and keeps the best-ranked that fit the prompt's token budget."""
+
+    def __init__(self, count_tokens: Callable[[str], int], budget: int):
+        self.count_tokens = count_tokens
+        self.budget = budget  # the context window less the tokens kept for the answer
+
+    def run(self, question: str, hits: Sequence[RetrievedChunk]) -> Prompt:
+        sources = fit_sources(question, numbered_sources(hits), self.count_tokens, self.budget)
+        return Prompt(build_messages(question, sources), sources, list(hits[: len(sources)]))
+
+
+@dataclass
+class TokenEvent:
+    text: str  # one generated piece, as the engine streamed it
+
+
+@dataclass
+class Draft:
+    text: str  # what the generator wrote, stripped
+    timings_ms: dict[str, float]  # first_token (from `started`; absent when nothing was written), generate
+
+
+class AnswerGenerator:
+    """The loaded engine with the sampling settings: streams an answer's pieces and times them."""
+
+    def __init__(self, generator: Generator, params: SamplingParams):
+        self.generator = generator
+        self.params = params
+
+    @property
+    def model_id(self) -> str:
+        return self.generator.model_id
+
+    def run(self, messages: list[dict[str, str]], started: float) -> collections.abc.Generator[TokenEvent, None, Draft]:
+        """Yields each piece as it is written and returns the Draft; `started` is when the request began
+        (perf_counter), so first_token is what the asker waited."""
+        pieces: list[str] = []
+        timings: dict[str, float] = {}
+        generate_start = time.perf_counter()
+        # Closed explicitly when the caller stops reading (an asker who left): the engine's lock is freed then.
+        with contextlib.closing(self.generator.stream(messages, self.params)) as stream:
+            for piece in stream:
+                if not pieces:
+                    timings["first_token"] = elapsed_ms(started)
+                pieces.append(piece)
+                yield TokenEvent(piece)
+        timings["generate"] = elapsed_ms(generate_start)
+        return Draft("".join(pieces).strip(), timings)
+
+
+@dataclass
+class VerifiedAnswer:
+    answer: str  # the draft with [n] added where verification attributed an uncited sentence
+    sentences: list[AnswerSentence]  # offsets index `answer`
+    citations: list[Citation]
+
+
+class CitationVerifier:
+    """Splits a draft into cited sentences and checks each citation against the chunk it names."""
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], thresholds: SupportThresholds):
+        self.spans = SpanEncoder(embed)  # caches span embeddings per chunk across runs
+        self.thresholds = thresholds
+
+    def run(self, question: str, draft: str, sources: Sequence[Source]) -> VerifiedAnswer:
+        sentences = split_cited_sentences(draft, len(sources))
+        citations = verify_citations(question, sentences, sources, self.spans, self.thresholds)
+        return VerifiedAnswer(with_attributed_markers(draft, sentences, citations), sentences, citations)
+
+
+class AbstentionPolicy:
+    """When to answer "I don't know." instead: one decision at each point where the pipeline can stop, each
+    returning a key of ABSTAIN_REASONS, or None to go on."""
+
+    def __init__(self, min_evidence: float, min_support: float):
+        self.min_evidence = min_evidence  # dense cosine of the closest source to the question
+        self.min_support = min_support  # share of the draft's claims that verification supports
+
+    def before_generating(self, contexts: Sequence[RetrievedChunk]) -> str | None:
+        if not contexts:
+            return "no_contexts"
+        if max(_dense(h) for h in contexts) < self.min_evidence:
+            return "weak_evidence"
+        return None
+
+    def after_generating(self, draft: str) -> str | None:
+        return "model_declined" if declined(draft) else None
+
+    def after_verifying(self, verified: VerifiedAnswer) -> str | None:
+        """A draft that claims nothing (only fragments like "1.") is unsupported too."""
+        claims = [s for s in verified.sentences if s.is_claim]
+        if not claims or sum(s.supported for s in claims) / len(claims) < self.min_support:
+            return "unsupported"
+        return None
+
+
+def _dense(hit: RetrievedChunk) -> float:
+    stage = hit.stages.get("dense")
+    return stage.score if stage else -1.0
+
+
+def elapsed_ms(since: float) -> float:
+    """Milliseconds since a perf_counter reading."""
+    return (time.perf_counter() - since) * 1000
