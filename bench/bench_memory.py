@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -31,11 +33,12 @@ def main() -> None:
 
     import httpx
 
-    from citeloop.config import Settings
-    from citeloop.keys import create_key
-
-    key = create_key(f"bench-{uuid.uuid4().hex[:8]}", "admin", ["*"], Settings(data_dir=args.data_dir))
-    with running_server(args.data_dir, code=args.code.resolve()) as (base, server):
+    code = args.code.resolve()
+    # The key is made by the served checkout's own code: this one's would migrate the database past what it knows.
+    make_key = f"from citeloop.keys import create_key; print(create_key('bench-{uuid.uuid4().hex[:8]}', 'admin', ['*']))"
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(args.data_dir), PYTHONPATH=str(code))
+    key = subprocess.run([sys.executable, "-c", make_key], cwd=code, env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    with running_server(args.data_dir, code=code) as (base, server):
         figures = {"ready": rss_mib(server.pid)}
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
             http.post("/v1/search", json={"collection": args.collection, "query": "sort a list in place"}).raise_for_status()

@@ -18,6 +18,10 @@ models_app = typer.Typer(help="The model registry: list, promote, roll back, dep
 TRAINING_DEFAULTS = RerankerTrainingArgs()  # the training options default to the trainer's own
 
 
+ModelKindArgument = Annotated[str, typer.Argument(help="reranker or generator.")]
+CollectionOption = Annotated[str, typer.Option("--collection", "-c")]
+
+
 def cli_actor() -> str:
     """Who the deployment history records for a change made from this shell."""
     import getpass
@@ -112,10 +116,7 @@ def models_promote(
 
 @models_app.command("rollback")
 @reports_errors()
-def models_rollback(
-    kind: Annotated[str, typer.Argument(help="reranker or generator.")],
-    collection: Annotated[str, typer.Option("--collection", "-c")],
-) -> None:
+def models_rollback(kind: ModelKindArgument, collection: CollectionOption) -> None:
     """Re-activate the version that served before the active one was deployed (or none: the stage below serves)."""
     from citeloop.registry import rollback
 
@@ -125,10 +126,7 @@ def models_rollback(
 
 @models_app.command("history")
 @reports_errors()
-def models_history(
-    kind: Annotated[str, typer.Argument(help="reranker or generator.")],
-    collection: Annotated[str, typer.Option("--collection", "-c")],
-) -> None:
+def models_history(kind: ModelKindArgument, collection: CollectionOption) -> None:
     """Every promotion and rollback of a collection's models of a kind, oldest first."""
     from citeloop.registry import deployment_history
 

@@ -1,1 +1,1 @@
-"""Evaluation: retrieval metrics on BEIR-format data sets (later: answer quality and RAGAS)."""
+"""Evaluation: retrieval metrics on BEIR-format data sets (ranx) and answer metrics on ragas-style question rows."""

@@ -1,1 +1,2 @@
-"""Learning from users (issues 3 and 5): feedback events become reranker and generator training data."""
+"""Feedback and training: stored answers, searches and feedback events (`store.py`), training examples from events
+and qrels (`examples.py`), and the reranker's train -> gate -> promote loop (trained from BEIR qrels today)."""

@@ -29,8 +29,10 @@ class StageScore:
     rank: int  # 1-based rank within that stage's list
 
 
-@dataclass
-class RetrievedChunk:
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk of the loaded index build, with its document's id, title and metadata."""
+
     chunk_id: str
     doc_id: str
     title: str
@@ -38,20 +40,15 @@ class RetrievedChunk:
     char_start: int
     char_end: int
     metadata: dict[str, Any]
-    score: float  # of the final stage
-    rank: int
-    stages: dict[str, StageScore] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class _Row:
-    chunk_id: str
-    doc_id: str
-    title: str
-    text: str
-    char_start: int
-    char_end: int
-    metadata: dict[str, Any]
+class RetrievedChunk(StoredChunk):
+    """A chunk as a search returned it."""
+
+    score: float = 0.0  # of the final stage
+    rank: int = 0
+    stages: dict[str, StageScore] = field(default_factory=dict)
 
 
 def _matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
@@ -74,7 +71,7 @@ class CollectionRetriever:
         self.collection = collection
         self.embedder = load_embedder(self.settings)
         # Index and rows are swapped together in one assignment, so a concurrent search sees one build.
-        self._state: tuple[LoadedIndex, list[_Row]] | None = None
+        self._state: tuple[LoadedIndex, list[StoredChunk]] | None = None
         self.refresh()
 
     @property
@@ -103,7 +100,7 @@ class CollectionRetriever:
                 )
             }
         rows = [
-            _Row(cid, r.doc_id, r.title, r.text, r.char_start, r.char_end, r.meta or {})
+            StoredChunk(cid, r.doc_id, r.title, r.text, r.char_start, r.char_end, r.meta or {})
             for cid in index.chunk_ids
             if (r := found.get(cid)) is not None
         ]
@@ -111,7 +108,7 @@ class CollectionRetriever:
             raise RuntimeError(f"index build {build.id} of '{self.collection}' names chunks missing from the database")
         self._state = (index, rows)
 
-    def chunks(self) -> list[_Row]:
+    def chunks(self) -> list[StoredChunk]:
         """Every chunk of the loaded build, in index row order."""
         return list(self._state[1]) if self._state else []
 
