@@ -18,14 +18,12 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import citeloop  # noqa: E402,F401
 from bench.readme_tables import write_table  # noqa: E402
-from bench.server import running_server  # noqa: E402
+from bench.server import admin_key, running_server  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "api.json"
 KEY, HEADING = "api-bench", "## API (`python bench/bench_api.py`)"
@@ -52,6 +50,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="`citeloop serve --workers`.")
+    parser.add_argument("--code", type=Path, default=REPO, help="Checkout whose api.app serves (e.g. an older commit's worktree).")
     parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:
@@ -62,11 +61,11 @@ def main() -> None:
 
     from api.client import Client
     from citeloop.config import Settings
-    from citeloop.keys import create_key
 
     settings = Settings(data_dir=args.data_dir)
-    key = create_key(f"bench-{uuid.uuid4().hex[:8]}", "admin", ["*"], settings)
-    with running_server(args.data_dir, args.workers) as (base, _server):
+    code = args.code.resolve()
+    key = admin_key(args.data_dir, code)
+    with running_server(args.data_dir, args.workers, code) as (base, _server):
         client = Client(base, key)
         questions = [json.loads(l)["user_input"] for l in (REPO / "corpora" / "covidqa" / "questions_dev.jsonl").read_text().splitlines()]
         for q in questions[:10]:
@@ -131,6 +130,9 @@ def main() -> None:
         "search": search,
         "feedback": feedback,
     }
+    if code != REPO:  # another checkout's figures are for comparison: printed, not recorded as this one's
+        print(json.dumps(result))
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     write_table(KEY, HEADING, render_table(result))

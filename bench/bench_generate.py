@@ -130,7 +130,7 @@ def render_table(result: dict) -> str:
         qa = e.get("qa", {})
         lines.append(
             f"| {engine} | {e['prompt_tokens_p50']:.0f} | {e['first_token_ms_p50']} | {e['decode_tok_s_p50']} | {qa.get('answer_f1', '-')} "
-            f"| {qa.get('answer_contains_reference', '-')} | {qa.get('citation_precision', '-')} | {qa.get('abstain_rate', '-')} | {qa.get('n', '-')} |"
+            f"| {qa.get('answer_contains_reference', '-')} | {qa.get('citation_precision', '-')} | {qa.get('decline_rate_answerable', '-')} | {qa.get('n', '-')} |"
         )
     if "decode_speedup" in result:
         lines += ["", f"llama.cpp decodes {result['decode_speedup']}x faster than fp32 transformers on the same prompts."]

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import citeloop  # noqa: E402,F401
-from bench.server import rss_mib, running_server  # noqa: E402
+from bench.server import admin_key, rss_mib, running_server  # noqa: E402
 
 
 def main() -> None:
@@ -34,10 +31,7 @@ def main() -> None:
     import httpx
 
     code = args.code.resolve()
-    # The key is made by the served checkout's own code: this one's would migrate the database past what it knows.
-    make_key = f"from citeloop.keys import create_key; print(create_key('bench-{uuid.uuid4().hex[:8]}', 'admin', ['*']))"
-    env = dict(os.environ, CITELOOP_DATA_DIR=str(args.data_dir), PYTHONPATH=str(code))
-    key = subprocess.run([sys.executable, "-c", make_key], cwd=code, env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    key = admin_key(args.data_dir, code)
     with running_server(args.data_dir, code=code) as (base, server):
         figures = {"ready": rss_mib(server.pid)}
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:

@@ -48,6 +48,16 @@ def running_server(data_dir: Path, workers: int = 1, code: Path = REPO, ready_ti
         server.wait(timeout=60)
 
 
+def admin_key(data_dir: Path, code: Path = REPO) -> str:
+    """A new admin key for all collections, made by the served checkout's own code (another checkout's would
+    migrate the database to a schema the served one does not know)."""
+    import uuid
+
+    make_key = f"from citeloop.keys import create_key; print(create_key('bench-{uuid.uuid4().hex[:8]}', 'admin', ['*']))"
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(data_dir), PYTHONPATH=str(code))
+    return subprocess.run([sys.executable, "-c", make_key], cwd=code, env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of a process (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

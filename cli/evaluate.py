@@ -28,9 +28,11 @@ def eval_qa(
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Or a BEIR directory, ingested once into an eval collection.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="N questions only.")] = None,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N questions (e.g. tune on 0-99, report on 100-199).")] = 0,
+    split: Annotated[Optional[str], typer.Option("--split", help="Only rows whose \"split\" field is this (e.g. dev, heldout).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-question rows here.")] = None,
 ) -> None:
-    """Answer quality: token F1, citation precision/recall, context recall, abstention, latency."""
+    """Answer quality overall and per question shape: token F1, citation precision/recall, context recall, the
+    decline rate on answerable and the refusal rate on unanswerable questions, latency."""
     from citeloop.progress import progress_bar
     from eval.qa import evaluate_qa, load_questions
     from eval.retrieval import ensure_eval_collection
@@ -38,14 +40,15 @@ def eval_qa(
 
     if (collection is None) == (corpus is None):
         fail("give exactly one of --collection or --corpus")
-    rows = load_questions(questions, limit, offset)
+    rows = load_questions(questions, limit, offset, split)
     name = collection or ensure_eval_collection(corpus, show_progress=True)
     pipeline = AnswerPipeline(name)
     with progress_bar("answering", len(rows), enabled=True) as advance:
         report = evaluate_qa(rows, pipeline.answer, on_row=lambda _: advance(1))
-    table = Table("metric", "value", title=f"{questions} on {name}")
-    for metric, value in report["metrics"].items():
-        table.add_row(metric, "-" if value is None else str(value))
+    columns = {"all": report["metrics"]} | report["by_shape"]
+    table = Table("metric", *columns, title=f"{questions} on {name}")
+    for metric in report["metrics"]:
+        table.add_row(metric, *("-" if (value := figures[metric]) is None else str(value) for figures in columns.values()))
     console.print(table)
     if json_out:
         _write_json(json_out, report)

@@ -1,8 +1,9 @@
 """Answer evaluation on ragas-style question rows:
-`{"id", "user_input", "reference"?, "reference_answers"?: [...], "reference_doc_ids"?: [...]}`.
+`{"id", "user_input", "reference"?, "reference_answers"?: [...], "reference_doc_ids"?: [...], "shape"?, "split"?}`.
 
 A row with neither `reference` nor `reference_answers` is an unanswerable question: the right answer is a
-refusal, and it counts towards `refusal_rate_unanswerable` only.
+refusal, and it counts towards `refusal_rate_unanswerable` only; an answerable question that is refused counts
+towards `decline_rate_answerable`. Rows with a `shape` (factoid, procedural, ...) are also scored per shape.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ class QuestionRow:
     question: str
     references: list[str] = field(default_factory=list)
     doc_ids: list[str] = field(default_factory=list)
+    shape: str | None = None
 
     @property
     def answerable(self) -> bool:
         return bool(self.references)
 
 
-def load_questions(path: Path, limit: int | None = None, offset: int = 0) -> list[QuestionRow]:
+def load_questions(path: Path, limit: int | None = None, offset: int = 0, split: str | None = None) -> list[QuestionRow]:
+    """The rows of a JSONL file; `split`: only rows whose "split" field is that (offset and limit count those)."""
     if not path.is_file():
         raise QuestionsFormatError(f"{path}: no such file")
     rows: list[QuestionRow] = []
@@ -45,13 +48,15 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0) -> lis
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            seen += 1
-            if seen <= offset:
-                continue
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise QuestionsFormatError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+            if split is not None and isinstance(raw, dict) and raw.get("split") != split:
+                continue
+            seen += 1
+            if seen <= offset:
+                continue
             if not isinstance(raw, dict) or not isinstance(raw.get("user_input"), str) or not raw["user_input"].strip():
                 raise QuestionsFormatError(f"{path}:{lineno}: expected an object with a non-empty 'user_input'")
             references = raw.get("reference_answers") or ([raw["reference"]] if raw.get("reference") else [])
@@ -59,13 +64,17 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0) -> lis
                 raise QuestionsFormatError(f"{path}:{lineno}: 'reference_answers' must be a list of strings")
             rows.append(
                 QuestionRow(
-                    str(raw.get("id", lineno)), raw["user_input"], list(references), [str(d) for d in raw.get("reference_doc_ids") or []]
+                    str(raw.get("id", lineno)),
+                    raw["user_input"],
+                    list(references),
+                    [str(d) for d in raw.get("reference_doc_ids") or []],
+                    str(raw["shape"]) if raw.get("shape") else None,
                 )
             )
             if limit and len(rows) == limit:
                 break
     if not rows:
-        raise QuestionsFormatError(f"{path}: no questions")
+        raise QuestionsFormatError(f"{path}: no questions" + (f" in split '{split}'" if split is not None else ""))
     return rows
 
 
@@ -109,6 +118,7 @@ class ScoredRow:
     contains_reference: bool | None
     latency_ms: float
     first_token_ms: float | None
+    shape: str | None = None
     error: str | None = None
 
 
@@ -131,6 +141,7 @@ def score_row(row: QuestionRow, answer: Answer) -> ScoredRow:
         contains_reference=contains if not answer.abstained else False if row.answerable else None,
         latency_ms=answer.timings_ms.get("total", 0.0),
         first_token_ms=answer.timings_ms.get("first_token"),
+        shape=row.shape,
     )
 
 
@@ -156,7 +167,7 @@ def summarize(rows: list[ScoredRow]) -> dict[str, float | int | None]:
         "citation_precision": mean(c["doc_id"] in r.reference_doc_ids for c, r in supported),
         "citation_recall": mean(any(c["supported"] and c["doc_id"] in r.reference_doc_ids for c in r.citations) for r in with_gold),
         "context_recall_at_k": mean(bool(set(r.context_doc_ids) & set(r.reference_doc_ids)) for r in with_gold),
-        "abstain_rate": mean(r.abstained for r in answerable),
+        "decline_rate_answerable": mean(r.abstained for r in answerable),
         "refusal_rate_unanswerable": mean(r.abstained for r in unanswerable),
         "unsupported_citation_rate": mean(
             not c["supported"] for r in answerable for c in r.citations
@@ -178,8 +189,10 @@ def evaluate_qa(
         try:
             result = score_row(row, answer(row.question))
         except GenerationError as exc:
-            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, str(exc))
+            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, row.shape, str(exc))
         scored.append(result)
         if on_row:
             on_row(result)
-    return {"metrics": summarize(scored), "rows": [asdict(r) for r in scored]}
+    shapes = sorted({r.shape for r in scored if r.shape})
+    by_shape = {shape: summarize([r for r in scored if r.shape == shape]) for shape in shapes}
+    return {"metrics": summarize(scored), "by_shape": by_shape, "rows": [asdict(r) for r in scored]}

@@ -37,7 +37,7 @@ def test_summary_counts_supported_citations_gold_contexts_and_refusals():
     assert metrics["citation_precision"] == pytest.approx(1 / 3, abs=1e-4)  # supported citations: d1 (gold), d2, d9
     assert metrics["citation_recall"] == pytest.approx(1 / 3, abs=1e-4)
     assert metrics["context_recall_at_k"] == pytest.approx(2 / 3, abs=1e-4)
-    assert metrics["abstain_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics["decline_rate_answerable"] == pytest.approx(1 / 3, abs=1e-4)
     assert metrics["refusal_rate_unanswerable"] == 0.5
     assert metrics["answer_contains_reference"] == pytest.approx(1 / 3, abs=1e-4)
     assert metrics["unsupported_citation_rate"] == pytest.approx(1 / 4, abs=1e-4)
@@ -54,3 +54,32 @@ def test_question_files_are_checked_line_by_line(tmp_path):
         load_questions(bad)
     with pytest.raises(QuestionsFormatError, match="no such file"):
         load_questions(tmp_path / "missing.jsonl")
+
+
+def test_split_and_shape_select_and_group_rows(tmp_path):
+    from eval.qa import evaluate_qa
+
+    questions = tmp_path / "suite.jsonl"
+    rows = [
+        {"id": "f1", "user_input": "Which?", "reference": "x", "shape": "factoid", "split": "dev"},
+        {"id": "f2", "user_input": "Which one?", "reference": "y", "shape": "factoid", "split": "heldout"},
+        {"id": "p1", "user_input": "How do I?", "reference": "1. a 2. b", "shape": "procedural", "split": "heldout"},
+        {"id": "u1", "user_input": "Where?", "shape": "unanswerable", "split": "heldout"},
+    ]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    heldout = load_questions(questions, split="heldout")
+    assert [r.id for r in heldout] == ["f2", "p1", "u1"] and [r.shape for r in heldout] == ["factoid", "procedural", "unanswerable"]
+    assert [r.id for r in load_questions(questions, limit=1, offset=1, split="heldout")] == ["p1"]
+    with pytest.raises(QuestionsFormatError, match="no questions in split 'test'"):
+        load_questions(questions, split="test")
+
+    class Refusal:  # the shape of an Answer that declined, without contexts
+        answer, abstained, abstain_reason, draft, citations, contexts = "I don't know.", True, "model_declined", "", [], []
+        timings_ms = {"total": 5.0}
+
+    report = evaluate_qa(heldout, lambda _question: Refusal())
+    assert set(report["by_shape"]) == {"factoid", "procedural", "unanswerable"}
+    assert report["by_shape"]["factoid"]["decline_rate_answerable"] == 1.0
+    assert report["by_shape"]["unanswerable"]["refusal_rate_unanswerable"] == 1.0
+    assert report["by_shape"]["unanswerable"]["decline_rate_answerable"] is None
+    assert report["metrics"]["answerable"] == 2 and report["metrics"]["unanswerable"] == 1
