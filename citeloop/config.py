@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     )
     generator: str = Field(
         "qwen2.5-0.5b-instruct",
-        description="Answer model: qwen2.5-0.5b-instruct, smollm2-135m, a .gguf file or a transformers model folder.",
+        description="Answer model: qwen2.5-0.5b-instruct, qwen2.5-1.5b-instruct, smollm2-135m, a .gguf file or a transformers model folder.",
     )
     # llama.cpp decodes the shipped GGUF 4-8x faster than fp32 transformers on a CPU (bench/bench_generate.py).
     generator_engine: Literal["auto", "llama-cpp", "transformers"] = Field(
