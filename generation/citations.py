@@ -23,6 +23,8 @@ import numpy as np
 MARKER = re.compile(r"\[\s*(?:sources?\s*)?(\d+(?:\s*(?:[,;]|[-–])\s*(?:sources?\s*)?\d+)*)\s*\]", re.IGNORECASE)
 MAX_RANGE = 20  # [1-999] is a malformed marker, not 999 citations
 MIN_CLAIM_WORDS = 2
+# A quote is one sentence unless two neighbours together match the claim clearly better (the claim needs both).
+PAIR_QUOTE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,35 @@ def _sentence_splitter():
     return PunktSentenceTokenizer()
 
 
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    return [(s, e) for s, e in _sentence_splitter().span_tokenize(text) if text[s:e].strip()]
+# Where a unit of text ends regardless of punctuation: a blank line (a paragraph, a heading, a reST field list
+# entry or directive stands alone), or a line break before a list item ("1. ...", "- ...", "* ..."): each step
+# of a procedure is its own claim, and a quote never runs from a document's title block into its first sentence.
+BLOCK_BREAK = re.compile(r"\n[ \t]*\n\s*|\n(?=[ \t]*(?:\d{1,2}[.)]|[-*\u2022])[ \t]+\S)")
+LINE_BREAK = re.compile(r"\n\s*")
+LIST_MARKER = re.compile(r"\s*(?:\d{1,2}[.)]|[-*\u2022])(?:\s+|$)")
+
+
+def sentence_spans(text: str, every_line: bool = False) -> list[tuple[int, int]]:
+    """(start, end) of each sentence: Punkt sentences within each block that BLOCK_BREAK delimits (with
+    `every_line`, each line is a block: a generated answer's lines are its list items). A list item's marker
+    stays with its item's first sentence."""
+    spans: list[tuple[int, int]] = []
+    block_start = 0
+    breaks = LINE_BREAK if every_line else BLOCK_BREAK
+    for match in [*breaks.finditer(text), None]:
+        block_end = match.start() if match else len(text)
+        block = text[block_start:block_end]
+        marker_only = None
+        for s, e in _sentence_splitter().span_tokenize(block):
+            if not block[s:e].strip():
+                continue
+            if LIST_MARKER.fullmatch(block[s:e]):
+                marker_only = marker_only if marker_only is not None else block_start + s
+                continue
+            spans.append((marker_only if marker_only is not None else block_start + s, block_start + e))
+            marker_only = None
+        block_start = match.end() if match else len(text)
+    return spans
 
 
 def _numbers(body: str) -> list[int] | None:
@@ -100,7 +129,7 @@ def _numbers(body: str) -> list[int] | None:
 def split_cited_sentences(answer: str, n_sources: int) -> list[AnswerSentence]:
     """Sentences with their markers; a marker that opens a sentence ("... end. [2] Next") belongs to the one before."""
     sentences: list[AnswerSentence] = []
-    for start, end in sentence_spans(answer):
+    for start, end in sentence_spans(answer, every_line=True):
         chunk = answer[start:end]
         leading = re.match(r"(\s*" + MARKER.pattern + r")+", chunk, re.IGNORECASE)
         if leading and sentences:
@@ -113,7 +142,8 @@ def split_cited_sentences(answer: str, n_sources: int) -> list[AnswerSentence]:
             continue
         sentence = AnswerSentence(text="", start=start, end=end)
         _attach_markers(sentence, chunk, n_sources)
-        sentence.text = re.sub(r"\s+([.,;:!?])", r"\1", MARKER.sub("", chunk)).strip()
+        words = MARKER.sub("", chunk[LIST_MARKER.match(chunk).end() :] if LIST_MARKER.match(chunk) else chunk)
+        sentence.text = re.sub(r"\s+([.,;:!?])", r"\1", words).strip()
         sentences.append(sentence)
     return [s for s in sentences if s.text or s.cited or s.invalid_markers]
 
@@ -249,7 +279,10 @@ def _check(
 ) -> Citation:
     offsets, vectors = spans
     sims = vectors @ claim
-    best = int(np.argmax(sims))
+    singles = (len(offsets) + 1) // 2  # SpanEncoder lists the sentences, then each pair of neighbours
+    best = int(np.argmax(sims[:singles]))
+    if singles < len(offsets) and sims[singles:].max() > sims[best] + PAIR_QUOTE_MARGIN:
+        best = singles + int(np.argmax(sims[singles:]))
     start, end = offsets[best]
     similarity = float(sims[best])
     overlap = content_overlap(text, source.text, question)

@@ -118,9 +118,9 @@ def test_refusals_are_recognised():
 
 
 def test_fragments_state_nothing_and_get_no_citation(spans):
-    sentences = split_cited_sentences("Steps: 1. Open the file. 2. Use the with statement so the file is closed.", 3)
-    fragments = [s for s in sentences if not s.is_claim]
-    assert fragments, [s.text for s in sentences]
+    sentences = split_cited_sentences("Steps:\n1. Open the file.\n2. Use the with statement so the file is closed.", 3)
+    assert [s.text for s in sentences] == ["Steps:", "Open the file.", "Use the with statement so the file is closed."]
+    assert [s.is_claim for s in sentences] == [False, True, True]
     citations = verify_citations("How do I close a file?", sentences, SOURCES, spans, THRESHOLDS)
     assert all(sentences[c.sentence].is_claim for c in citations)
 
@@ -134,3 +134,31 @@ def test_a_copied_sentence_that_does_not_answer_the_question_supports_nothing(sp
     relevant = SupportThresholds(0.5, 0.4, min_relevance=0.25)
     (strict,) = verify_citations(question, split_cited_sentences(answer, 3), SOURCES, spans, relevant, attribute_uncited=False)
     assert not strict.supported and strict.relevance < 0.25
+
+
+def test_each_step_of_a_list_answer_is_a_claim_with_its_own_citation():
+    answer = "To keep a file closed:\n1. Open it with open() [1]\n2. Use the with statement [1]\n- Sort with list.sort() [2]\nThat is all. It costs 3.5 ms."
+    sentences = split_cited_sentences(answer, 3)
+    assert [(s.text, s.cited) for s in sentences] == [
+        ("To keep a file closed:", []),
+        ("Open it with open()", [1]),
+        ("Use the with statement", [1]),
+        ("Sort with list.sort()", [2]),
+        ("That is all.", []),
+        ("It costs 3.5 ms.", []),
+    ]
+    assert answer[sentences[2].start : sentences[2].end] == "2. Use the with statement [1]"
+
+
+def test_a_quote_is_the_supporting_sentence_not_the_head_of_the_chunk(spans):
+    text = (
+        ".. _sortinghowto:\n\nSorting HOW TO\n**************\n\n:Author: Andrew Dalke and Raymond Hettinger\n:Release: 0.1\n\n\n"
+        "Python lists have a built-in :meth:`list.sort` method that modifies the list\nin-place.  There is also a\n"
+        ":func:`sorted` built-in function that builds a new sorted list from an iterable."
+    )
+    source = Source(1, "sorting", "howto/sorting.rst.txt", "Sorting HOW TO", text)
+    sentences = split_cited_sentences("list.sort() modifies the list in-place [1].", 1)
+    (citation,) = verify_citations("How do I sort a list in place?", sentences, [source], spans, THRESHOLDS)
+    assert citation.supported
+    assert citation.quote.startswith("Python lists have a built-in") and citation.quote.endswith("in-place.")
+    assert text[citation.start : citation.end] == citation.quote
