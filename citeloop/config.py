@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
     seed: int = Field(0, description="Sampling seed.")
     generation_timeout_s: float = Field(120.0, gt=0, description="An answer not finished by then is an error.")
+    evidence_sentences: int = Field(
+        0, ge=0, le=50, description="Show each source to the generator as its N sentences closest to the question (0: the whole chunk)."
+    )
     answer_contexts: int = Field(5, ge=1, le=50, description="Retrieved chunks given to the generator as numbered sources.")
     max_question_chars: int = Field(2000, ge=1, description="Longer questions are refused.")
     citation_min_similarity: float = Field(

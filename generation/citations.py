@@ -35,7 +35,8 @@ class Source:
     chunk_id: str
     doc_id: str
     title: str
-    text: str
+    text: str  # the whole chunk: citations are verified against it and quote it with offsets
+    excerpt: str = ""  # what the prompt shows instead, when shorter (the chunk's sentences closest to the question)
 
 
 @dataclass
@@ -229,6 +230,16 @@ class SpanEncoder:
                 self._cache[chunk_id] = (spans, vectors[offset : offset + len(spans)])
                 offset += len(spans)
         return {s.n: self._cache[s.chunk_id] for s in sources}
+
+    def closest_sentences(self, question: str, sources: Sequence[Source], keep: int) -> dict[int, list[tuple[int, int]]]:
+        """Per source number, the offsets of its `keep` sentences closest to the question, in text order."""
+        question_vector = self.embed([question])[0]
+        closest = {}
+        for n, (offsets, vectors) in self.spans(sources).items():
+            singles = (len(offsets) + 1) // 2  # sentences first, then the pairs of neighbours
+            order = np.argsort(-(vectors[:singles] @ question_vector), kind="stable")[:keep]
+            closest[n] = [offsets[i] for i in sorted(order)]
+        return closest
 
 
 def verify_citations(

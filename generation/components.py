@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 
 from generation.citations import (
     AnswerSentence,
@@ -24,7 +23,7 @@ from generation.citations import (
     with_attributed_markers,
 )
 from generation.engines import Generator, SamplingParams
-from generation.prompt import build_messages, declined, fit_sources, numbered_sources
+from generation.prompt import build_messages, declined, fit_sources, numbered_sources, with_excerpts
 from retrieval.retriever import RetrievedChunk
 
 ABSTAIN_REASONS = {
@@ -43,14 +42,21 @@ class Prompt:
 
 
 class PromptBuilder:
-    """Numbers the hits as sources and keeps the best-ranked that fit the prompt's token budget."""
+    """Numbers the hits as sources and keeps the best-ranked that fit the prompt's token budget. With
+    `evidence_sentences`, each source is shown as its sentences closest to the question (compact evidence:
+    fewer prompt tokens to prefill); citations are still verified against, and quote, the whole chunk."""
 
-    def __init__(self, count_tokens: Callable[[str], int], budget: int):
+    def __init__(self, count_tokens: Callable[[str], int], budget: int, spans: SpanEncoder | None = None, evidence_sentences: int = 0):
         self.count_tokens = count_tokens
         self.budget = budget  # the context window less the tokens kept for the answer
+        self.spans = spans
+        self.evidence_sentences = evidence_sentences
 
     def run(self, question: str, hits: Sequence[RetrievedChunk]) -> Prompt:
-        sources = fit_sources(question, numbered_sources(hits), self.count_tokens, self.budget)
+        sources = numbered_sources(hits)
+        if self.spans is not None and self.evidence_sentences and sources:
+            sources = with_excerpts(sources, self.spans.closest_sentences(question, sources, self.evidence_sentences))
+        sources = fit_sources(question, sources, self.count_tokens, self.budget)
         return Prompt(build_messages(question, sources), sources, list(hits[: len(sources)]))
 
 
@@ -103,8 +109,8 @@ class VerifiedAnswer:
 class CitationVerifier:
     """Splits a draft into cited sentences and checks each citation against the chunk it names."""
 
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], thresholds: SupportThresholds):
-        self.spans = SpanEncoder(embed)  # caches span embeddings per chunk across runs
+    def __init__(self, spans: SpanEncoder, thresholds: SupportThresholds):
+        self.spans = spans  # caches span embeddings per chunk across runs (shared with the PromptBuilder)
         self.thresholds = thresholds
 
     def run(self, question: str, draft: str, sources: Sequence[Source]) -> VerifiedAnswer:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
-from generation.citations import AnswerSentence, Citation, SupportThresholds
+from generation.citations import AnswerSentence, Citation, SpanEncoder, SupportThresholds
 from generation.components import (
     ABSTAIN_REASONS,
     AbstentionPolicy,
@@ -115,10 +115,12 @@ class AnswerPipeline:
         self.retriever = self.search.hybrid
         self.reranker = self.search.reranker
         generator = load_generator(settings)
-        self.prompt_builder = PromptBuilder(generator.count_tokens, settings.context_window - settings.max_new_tokens)
+        spans = SpanEncoder(load_embedder(settings).embed)
+        budget = settings.context_window - settings.max_new_tokens
+        self.prompt_builder = PromptBuilder(generator.count_tokens, budget, spans, settings.evidence_sentences)
         self.generator = AnswerGenerator(generator, SamplingParams.from_settings(settings))
         thresholds = SupportThresholds(settings.citation_min_similarity, settings.citation_min_overlap, settings.citation_min_relevance)
-        self.verifier = CitationVerifier(load_embedder(settings).embed, thresholds)
+        self.verifier = CitationVerifier(spans, thresholds)
         self.policy = AbstentionPolicy(settings.abstain_min_evidence, settings.answer_min_support)
 
     def check_question(self, question: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from generation.citations import Source, split_cited_sentences
 from retrieval.retriever import RetrievedChunk
@@ -32,7 +33,20 @@ def numbered_sources(hits: Sequence[RetrievedChunk]) -> list[Source]:
 
 def format_source(source: Source) -> str:
     title = f"{source.title}\n" if source.title else ""
-    return f"[{source.n}] {title}{source.text.strip()}"
+    return f"[{source.n}] {title}{(source.excerpt or source.text).strip()}"
+
+
+def with_excerpts(sources: Sequence[Source], closest: dict[int, list[tuple[int, int]]]) -> list[Source]:
+    """Sources whose prompt text is their chosen sentences (joined by " ... "); a source whose chosen
+    sentences are all it has keeps its whole text."""
+    out = []
+    for source in sources:
+        spans = closest.get(source.n, [])
+        pieces = [" ".join(source.text[a:b].split()) for a, b in spans]
+        excerpt = " ... ".join(pieces)
+        shorter = spans and len(excerpt) < len(" ".join(source.text.split()))
+        out.append(replace(source, excerpt=excerpt) if shorter else source)
+    return out
 
 
 def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:

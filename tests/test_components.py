@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from citeloop.config import Settings
-from generation.citations import AnswerSentence, SupportThresholds
+from generation.citations import AnswerSentence, SpanEncoder, SupportThresholds
 from generation.components import (
     AbstentionPolicy,
     AnswerGenerator,
@@ -160,6 +160,30 @@ def test_prompt_builder_keeps_the_leading_sources_that_fit(generator):
     assert starved.sources == [] and starved.contexts == []
 
 
+def test_compact_evidence_shows_the_closest_sentences_and_verification_still_quotes_the_chunk(generator, kb):
+    from retrieval.embedder import load_embedder
+
+    text = (
+        "The weather was mild all week. Rain is expected on Tuesday.\n\n"
+        "To close a file, use the with statement: the file is closed when the block ends. Lists grow with append."
+    )
+    spans = SpanEncoder(load_embedder(kb).embed)
+    compact = PromptBuilder(generator.count_tokens, 4096, spans, evidence_sentences=1).run("How do I close a file?", [hit("f", text, 0.6)])
+    (source,) = compact.sources
+    assert source.text == text  # what citations are checked against and quote
+    assert source.excerpt == "To close a file, use the with statement: the file is closed when the block ends."
+    assert "[1] To close a file" in compact.messages[-1]["content"] and "Rain" not in compact.messages[-1]["content"]
+
+    whole = PromptBuilder(generator.count_tokens, 4096, spans, evidence_sentences=10).run("How do I close a file?", [hit("f", text, 0.6)])
+    assert whole.sources[0].excerpt == "" and "Rain is expected" in whole.messages[-1]["content"]
+
+    verified = CitationVerifier(spans, SupportThresholds(0.5, 0.4)).run(
+        "How do I close a file?", "Use the with statement: the file is closed when the block ends [1].", compact.sources
+    )
+    (citation,) = verified.citations
+    assert citation.supported and text[citation.start : citation.end] == citation.quote
+
+
 # ---- AnswerGenerator -----------------------------------------------------------------------------------
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
@@ -193,7 +217,7 @@ def test_generator_closed_mid_answer_frees_the_engine(generator):
 def verifier(kb):
     from retrieval.embedder import load_embedder
 
-    return CitationVerifier(load_embedder(kb).embed, SupportThresholds(0.5, 0.4))
+    return CitationVerifier(SpanEncoder(load_embedder(kb).embed), SupportThresholds(0.5, 0.4))
 
 
 def test_verifier_supports_a_sentence_copied_from_its_source_and_quotes_the_chunk(verifier, kb_hits):
