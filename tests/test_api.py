@@ -1,6 +1,7 @@
 """The served API over real HTTP: `citeloop serve` subprocesses on free loopback ports, the small real
 generator, real databases. Role matrix, tenant isolation, streaming, bad input, erasure, durability under
-kill -9, and two servers sharing one PostgreSQL database."""
+kill -9, and two servers sharing one PostgreSQL database. (Over 300 lines: one server fixture serves every
+scenario here, and a server start costs seconds; in-process scenarios live in test_api_in_process.py.)"""
 
 from __future__ import annotations
 
