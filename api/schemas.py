@@ -111,6 +111,9 @@ class AskResponse(BaseModel):
     answer: str
     abstained: bool
     abstain_reason: str | None
+    extractive: bool = Field(
+        description="The answer quotes the source sentence that best answers the question: the generator declined although a source supports an answer."
+    )
     citations: list[CitationOut]
     contexts: list[ContextOut]
     unsupported_sentences: list[int]

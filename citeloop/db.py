@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     text,
 )
 from sqlalchemy.engine import Engine
@@ -170,6 +171,7 @@ class AnswerRecord(Base):
     answer: Mapped[str] = mapped_column(Text)
     abstained: Mapped[bool] = mapped_column(default=False)
     abstain_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    extractive: Mapped[bool] = mapped_column(default=False, server_default=false())  # a quoted extract, not generated
     citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     contexts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     support: Mapped[float] = mapped_column(default=1.0)  # share of sentences with a supported citation

@@ -46,6 +46,7 @@ def save_answer(session: Session, answer: Answer, actor: str) -> AnswerRecord:
         answer=answer.answer,
         abstained=answer.abstained,
         abstain_reason=answer.abstain_reason,
+        extractive=answer.extractive,
         citations=[asdict(c) for c in answer.citations],
         contexts=[context_dict(c) for c in answer.contexts],
         support=support,

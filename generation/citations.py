@@ -231,15 +231,21 @@ class SpanEncoder:
                 offset += len(spans)
         return {s.n: self._cache[s.chunk_id] for s in sources}
 
-    def closest_sentences(self, question: str, sources: Sequence[Source], keep: int) -> dict[int, list[tuple[int, int]]]:
-        """Per source number, the offsets of its `keep` sentences closest to the question, in text order."""
+    def sentence_scores(self, question: str, sources: Sequence[Source]) -> dict[int, list[tuple[float, tuple[int, int]]]]:
+        """Per source number, (MiniLM cosine with the question, offsets) of each of its sentences, in text order."""
         question_vector = self.embed([question])[0]
-        closest = {}
+        scores = {}
         for n, (offsets, vectors) in self.spans(sources).items():
             singles = (len(offsets) + 1) // 2  # sentences first, then the pairs of neighbours
-            order = np.argsort(-(vectors[:singles] @ question_vector), kind="stable")[:keep]
-            closest[n] = [offsets[i] for i in sorted(order)]
-        return closest
+            scores[n] = [(float(s), offsets[i]) for i, s in enumerate(vectors[:singles] @ question_vector)]
+        return scores
+
+    def closest_sentences(self, question: str, sources: Sequence[Source], keep: int) -> dict[int, list[tuple[int, int]]]:
+        """Per source number, the offsets of its `keep` sentences closest to the question, in text order."""
+        return {
+            n: sorted(offsets for _, offsets in sorted(scored, key=lambda x: -x[0])[:keep])
+            for n, scored in self.sentence_scores(question, sources).items()
+        }
 
 
 def verify_citations(

@@ -119,6 +119,29 @@ class CitationVerifier:
         return VerifiedAnswer(with_attributed_markers(draft, sentences, citations), sentences, citations)
 
 
+class EvidenceExtractor:
+    """When the generator declines, or its draft is unsupported, although a source holds a sentence close to the
+    question: that sentence, quoted and cited, is the answer (an extractive answer) instead of a refusal."""
+
+    def __init__(self, spans: SpanEncoder, min_similarity: float):
+        self.spans = spans
+        self.min_similarity = min_similarity  # MiniLM cosine of the sentence with the question
+
+    def run(self, question: str, sources: Sequence[Source]) -> VerifiedAnswer | None:
+        scored = [(score, n, offsets) for n, items in self.spans.sentence_scores(question, sources).items() for score, offsets in items]
+        if not scored:
+            return None
+        score, n, (start, end) = max(scored, key=lambda x: (x[0], -x[1]))
+        if score < self.min_similarity:
+            return None
+        source = next(s for s in sources if s.n == n)
+        quote = source.text[start:end]
+        answer = f'"{" ".join(quote.split())}" [{n}]'
+        sentence = AnswerSentence(text=" ".join(quote.split()), start=0, end=len(answer), cited=[n], supported=True)
+        citation = Citation(n, source.chunk_id, source.doc_id, source.title, quote, start, end, True, 1.0, 1.0, round(score, 4), 0)
+        return VerifiedAnswer(answer, [sentence], [citation])
+
+
 class AbstentionPolicy:
     """When to answer "I don't know." instead: one decision at each point where the pipeline can stop, each
     returning a key of ABSTAIN_REASONS, or None to go on."""

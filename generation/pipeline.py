@@ -23,6 +23,7 @@ from generation.components import (
     AbstentionPolicy,
     AnswerGenerator,
     CitationVerifier,
+    EvidenceExtractor,
     PromptBuilder,
     TokenEvent,
     elapsed_ms,
@@ -64,6 +65,7 @@ class Answer:
     models: dict[str, str | None]
     timings_ms: dict[str, float]
     draft: str = ""  # what the generator wrote, kept when the answer is an abstention
+    extractive: bool = False  # the answer quotes a source's sentence: the generator declined, the evidence did not
 
     @property
     def unsupported_sentences(self) -> list[int]:
@@ -121,6 +123,7 @@ class AnswerPipeline:
         self.generator = AnswerGenerator(generator, SamplingParams.from_settings(settings))
         thresholds = SupportThresholds(settings.citation_min_similarity, settings.citation_min_overlap, settings.citation_min_relevance)
         self.verifier = CitationVerifier(spans, thresholds)
+        self.extractor = EvidenceExtractor(spans, settings.extractive_min_similarity)
         self.policy = AbstentionPolicy(settings.abstain_min_evidence, settings.answer_min_support)
 
     def check_question(self, question: str) -> str:
@@ -153,7 +156,7 @@ class AnswerPipeline:
         models = {"reranker": ranked.reranker, "generator": self.generator.model_id, "embedder": EMBEDDER_ID}
         yield ContextsEvent(prompt.contexts)
 
-        def finish(text: str, reason: str | None, sentences=(), citations=(), draft: str = "") -> DoneEvent:
+        def finish(text: str, reason: str | None, sentences=(), citations=(), draft: str = "", extractive: bool = False) -> DoneEvent:
             timings["total"] = elapsed_ms(started)
             return DoneEvent(
                 Answer(
@@ -169,8 +172,14 @@ class AnswerPipeline:
                     models=models,
                     timings_ms={k: round(v, 1) for k, v in timings.items()},
                     draft=draft,
+                    extractive=extractive,
                 )
             )
+
+        def refuse_or_extract(reason: str, draft: str) -> DoneEvent:
+            if extract := self.extractor.run(question, prompt.sources):
+                return finish(extract.answer, None, extract.sentences, extract.citations, draft, extractive=True)
+            return finish(REFUSAL, reason, draft=draft)
 
         if reason := self.policy.before_generating(prompt.contexts):
             yield finish(REFUSAL, reason)
@@ -178,12 +187,12 @@ class AnswerPipeline:
         draft = yield from self.generator.run(prompt.messages, started)
         timings |= draft.timings_ms
         if reason := self.policy.after_generating(draft.text):
-            yield finish(REFUSAL, reason, draft=draft.text)
+            yield refuse_or_extract(reason, draft.text)
             return
         verify_start = time.perf_counter()
         verified = self.verifier.run(question, draft.text, prompt.sources)
         timings["verify"] = elapsed_ms(verify_start)
         if reason := self.policy.after_verifying(verified):
-            yield finish(REFUSAL, reason, draft=draft.text)
+            yield refuse_or_extract(reason, draft.text)
             return
         yield finish(verified.answer, None, verified.sentences, verified.citations, draft=draft.text)

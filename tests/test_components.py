@@ -15,6 +15,7 @@ from generation.components import (
     AbstentionPolicy,
     AnswerGenerator,
     CitationVerifier,
+    EvidenceExtractor,
     PromptBuilder,
     TokenEvent,
     VerifiedAnswer,
@@ -182,6 +183,29 @@ def test_compact_evidence_shows_the_closest_sentences_and_verification_still_quo
     )
     (citation,) = verified.citations
     assert citation.supported and text[citation.start : citation.end] == citation.quote
+
+
+# ---- EvidenceExtractor ---------------------------------------------------------------------------------
+
+
+def test_extractor_quotes_the_sentence_closest_to_the_question_only_when_it_is_close(kb):
+    from generation.prompt import numbered_sources
+    from retrieval.embedder import load_embedder
+
+    spans = SpanEncoder(load_embedder(kb).embed)
+    text = "Rain is expected on Tuesday.\n\nTo close a file, use the with statement: the file is closed when the block ends."
+    sources = numbered_sources([hit("w", "Strong winds near the coast.", 0.3), hit("f", text, 0.6)])
+    extract = EvidenceExtractor(spans, min_similarity=0.5).run("How do I close a file?", sources)
+    assert extract is not None
+    (citation,) = extract.citations
+    assert (citation.n, citation.supported, citation.doc_id) == (2, True, "f")
+    assert citation.quote == "To close a file, use the with statement: the file is closed when the block ends."
+    assert text[citation.start : citation.end] == citation.quote
+    assert extract.answer == f'"{citation.quote}" [2]' and extract.sentences[0].cited == [2]
+
+    assert EvidenceExtractor(spans, min_similarity=0.5).run("What is the boiling point of mercury?", sources) is None
+    assert EvidenceExtractor(spans, min_similarity=1.01).run("How do I close a file?", sources) is None
+    assert EvidenceExtractor(spans, min_similarity=0.5).run("How do I close a file?", []) is None
 
 
 # ---- AnswerGenerator -----------------------------------------------------------------------------------
