@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from eval.jsonl import json_lines
 
 
 class BeirFormatError(ValueError):
@@ -52,17 +53,13 @@ def load_split(directory: Path, split: str) -> BeirSplit:
     if not queries_path.is_file():
         raise BeirFormatError(f"{queries_path}: missing")
     queries: dict[str, str] = {}
-    with open(queries_path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                qid, text = str(row["_id"]), row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise BeirFormatError(f"{queries_path}:{lineno}: expected a JSON object with _id and text") from None
-            if qid in qrels:
-                queries[qid] = text
+    for lineno, row in json_lines(queries_path, BeirFormatError):
+        try:
+            qid, text = str(row["_id"]), row["text"]
+        except (KeyError, TypeError):
+            raise BeirFormatError(f"{queries_path}:{lineno}: expected a JSON object with _id and text") from None
+        if qid in qrels:
+            queries[qid] = text
     missing = set(qrels) - set(queries)
     if missing:
         raise BeirFormatError(f"{qrels_path}: {len(missing)} query ids have no text in queries.jsonl (e.g. {sorted(missing)[0]})")

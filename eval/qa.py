@@ -9,7 +9,6 @@ towards `decline_rate_answerable`. Rows with a `shape` (factoid, procedural, ...
 from __future__ import annotations
 
 import collections
-import json
 import re
 import string
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.jsonl import json_lines
 from generation.pipeline import Answer
 
 
@@ -44,35 +44,28 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
         raise QuestionsFormatError(f"{path}: no such file")
     rows: list[QuestionRow] = []
     seen = 0
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QuestionsFormatError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-            if split is not None and isinstance(raw, dict) and raw.get("split") != split:
-                continue
-            seen += 1
-            if seen <= offset:
-                continue
-            if not isinstance(raw, dict) or not isinstance(raw.get("user_input"), str) or not raw["user_input"].strip():
-                raise QuestionsFormatError(f"{path}:{lineno}: expected an object with a non-empty 'user_input'")
-            references = raw.get("reference_answers") or ([raw["reference"]] if raw.get("reference") else [])
-            if not all(isinstance(r, str) for r in references):
-                raise QuestionsFormatError(f"{path}:{lineno}: 'reference_answers' must be a list of strings")
-            rows.append(
-                QuestionRow(
-                    str(raw.get("id", lineno)),
-                    raw["user_input"],
-                    list(references),
-                    [str(d) for d in raw.get("reference_doc_ids") or []],
-                    str(raw["shape"]) if raw.get("shape") else None,
-                )
+    for lineno, raw in json_lines(path, QuestionsFormatError):
+        if split is not None and isinstance(raw, dict) and raw.get("split") != split:
+            continue
+        seen += 1
+        if seen <= offset:
+            continue
+        if not isinstance(raw, dict) or not isinstance(raw.get("user_input"), str) or not raw["user_input"].strip():
+            raise QuestionsFormatError(f"{path}:{lineno}: expected an object with a non-empty 'user_input'")
+        references = raw.get("reference_answers") or ([raw["reference"]] if raw.get("reference") else [])
+        if not all(isinstance(r, str) for r in references):
+            raise QuestionsFormatError(f"{path}:{lineno}: 'reference_answers' must be a list of strings")
+        rows.append(
+            QuestionRow(
+                str(raw.get("id", lineno)),
+                raw["user_input"],
+                list(references),
+                [str(d) for d in raw.get("reference_doc_ids") or []],
+                str(raw["shape"]) if raw.get("shape") else None,
             )
-            if limit and len(rows) == limit:
-                break
+        )
+        if limit and len(rows) == limit:
+            break
     if not rows:
         raise QuestionsFormatError(f"{path}: no questions" + (f" in split '{split}'" if split is not None else ""))
     return rows
@@ -119,6 +112,7 @@ class ScoredRow:
     latency_ms: float
     first_token_ms: float | None
     shape: str | None = None
+    extractive: bool = False  # answered with a quoted source sentence
     error: str | None = None
 
 
@@ -126,14 +120,12 @@ def score_row(row: QuestionRow, answer: Answer) -> ScoredRow:
     text = _strip_markers(answer.answer)
     f1 = max((token_f1(text, r) for r in row.references), default=None) if row.answerable else None
     contains = any(normalize_answer(r) in normalize_answer(text) for r in row.references) if row.answerable else None
+    shown = {name: getattr(answer, name) for name in ("answer", "abstained", "abstain_reason", "draft", "extractive")}
     return ScoredRow(
         id=row.id,
         question=row.question,
         answerable=row.answerable,
-        answer=answer.answer,
-        abstained=answer.abstained,
-        abstain_reason=answer.abstain_reason,
-        draft=answer.draft,
+        **shown,
         citations=[asdict(c) for c in answer.citations],
         context_doc_ids=[c.doc_id for c in answer.contexts],
         reference_doc_ids=row.doc_ids,
@@ -168,6 +160,7 @@ def summarize(rows: list[ScoredRow]) -> dict[str, float | int | None]:
         "citation_recall": mean(any(c["supported"] and c["doc_id"] in r.reference_doc_ids for c in r.citations) for r in with_gold),
         "context_recall_at_k": mean(bool(set(r.context_doc_ids) & set(r.reference_doc_ids)) for r in with_gold),
         "decline_rate_answerable": mean(r.abstained for r in answerable),
+        "extractive_rate_answerable": mean(r.extractive for r in answerable),
         "refusal_rate_unanswerable": mean(r.abstained for r in unanswerable),
         "unsupported_citation_rate": mean(
             not c["supported"] for r in answerable for c in r.citations
@@ -189,7 +182,7 @@ def evaluate_qa(
         try:
             result = score_row(row, answer(row.question))
         except GenerationError as exc:
-            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, row.shape, str(exc))
+            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, row.shape, error=str(exc))
         scored.append(result)
         if on_row:
             on_row(result)

@@ -132,7 +132,7 @@ def test_openapi_health_and_metrics_need_no_key(site):
 
 
 def test_ask_answers_with_contexts_citations_and_models_then_feedback_is_exported(site):
-    alice, carol, root = client(site, "alice"), client(site, "carol"), client(site, "root")
+    alice, carol = client(site, "alice"), client(site, "carol")
     answer = alice.ask("team-a", "How do I read a file line by line?")
     assert answer["contexts"] and all(c["doc_id"].endswith(".rst.txt") for c in answer["contexts"])
     assert answer["models"]["generator"].startswith("smollm2-135m@")
@@ -171,7 +171,7 @@ def test_ask_answers_with_contexts_citations_and_models_then_feedback_is_exporte
 
 
 def test_role_matrix(site):
-    alice, carol, root = client(site, "alice"), client(site, "carol"), client(site, "root")
+    alice, carol = client(site, "alice"), client(site, "carol")
     answer_id = alice.ask("team-a", "How do I sort a list?")["answer_id"]
     search = alice.search("team-a", "list comprehension", k=3)
     assert len(search["results"]) == 3

@@ -6,12 +6,12 @@ from generation.citations import (
     Source,
     SpanEncoder,
     SupportThresholds,
-    content_overlap,
     split_cited_sentences,
     verify_citations,
     with_attributed_markers,
 )
 from generation.prompt import declined
+from generation.text import content_overlap
 
 SOURCES = [
     Source(1, "c1", "d1", "Files", "The open() function returns a file object. Use the with statement so the file is closed."),

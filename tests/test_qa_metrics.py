@@ -74,7 +74,7 @@ def test_split_and_shape_select_and_group_rows(tmp_path):
         load_questions(questions, split="test")
 
     class Refusal:  # the shape of an Answer that declined, without contexts
-        answer, abstained, abstain_reason, draft, citations, contexts = "I don't know.", True, "model_declined", "", [], []
+        answer, abstained, abstain_reason, draft, extractive, citations, contexts = "I don't know.", True, "model_declined", "", False, [], []
         timings_ms = {"total": 5.0}
 
     report = evaluate_qa(heldout, lambda _question: Refusal())

@@ -21,7 +21,7 @@ from citeloop.registry import (
     register_candidate,
     rollback,
 )
-from eval.retrieval import ensure_eval_collection, evaluate_retrieval
+from eval.retrieval import evaluate_retrieval
 from feedback.reranker_loop import holdout_queries, run_gate, train_from_beir
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
 from feedback.train_reranker import TrainingDataError, train_reranker
