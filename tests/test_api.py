@@ -132,7 +132,7 @@ def test_openapi_health_and_metrics_need_no_key(site):
 
 
 def test_ask_answers_with_contexts_citations_and_models_then_feedback_is_exported(site):
-    alice, carol = client(site, "alice"), client(site, "carol")
+    alice, carol, root = client(site, "alice"), client(site, "carol"), client(site, "root")
     answer = alice.ask("team-a", "How do I read a file line by line?")
     assert answer["contexts"] and all(c["doc_id"].endswith(".rst.txt") for c in answer["contexts"])
     assert answer["models"]["generator"].startswith("smollm2-135m@")
