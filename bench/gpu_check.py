@@ -1,4 +1,4 @@
-"""GPU check of reranker training and reranking speed (issue 3), run as one prepared script on a lent GPU machine.
+"""GPU check of reranker training and reranking speed, run as one prepared script on a lent GPU machine.
 
 The GPU machine has PyTorch and sentence-transformers but none of citeloop's storage or retrieval stack, and what
 travels there is capped at 64 MiB. So the work is split in three steps:

@@ -2,8 +2,8 @@
 -> verified citations, or an explicit abstention with its reason.
 
 `AnswerPipeline` composes the components (`retrieval.rerank.HybridRetriever` and `Reranker`, then
-`generation.components`' PromptBuilder, AnswerGenerator, CitationVerifier and AbstentionPolicy), handing each
-the previous one's output. `AnswerPipeline.stream` yields events (the API's server-sent events map onto them
+`generation.components`' PromptBuilder, AnswerGenerator, CitationVerifier, AbstentionPolicy and
+EvidenceExtractor), handing each the previous one's output. `AnswerPipeline.stream` yields events (the API's server-sent events map onto them
 one to one): `ContextsEvent` once, `TokenEvent` per generated piece, then `DoneEvent` with the finished
 `Answer`. Citations are resolved at the end, when the whole answer is known.
 """

@@ -2,14 +2,7 @@
 
 import pytest
 
-from generation.citations import (
-    Source,
-    SpanEncoder,
-    SupportThresholds,
-    split_cited_sentences,
-    verify_citations,
-    with_attributed_markers,
-)
+from generation.citations import Source, SpanEncoder, SupportThresholds, split_cited_sentences, verify_citations, with_attributed_markers
 from generation.prompt import declined
 from generation.text import content_overlap
 

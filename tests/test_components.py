@@ -11,15 +11,7 @@ import pytest
 
 from citeloop.config import Settings
 from generation.citations import AnswerSentence, SpanEncoder, SupportThresholds
-from generation.components import (
-    AbstentionPolicy,
-    AnswerGenerator,
-    CitationVerifier,
-    EvidenceExtractor,
-    PromptBuilder,
-    TokenEvent,
-    VerifiedAnswer,
-)
+from generation.components import AbstentionPolicy, AnswerGenerator, CitationVerifier, EvidenceExtractor, PromptBuilder, TokenEvent, VerifiedAnswer
 from generation.engines import SamplingParams, load_generator
 from generation.prompt import numbered_sources
 from retrieval.ingest import ingest
