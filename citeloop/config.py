@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     generator_engine: Literal["auto", "llama-cpp", "transformers"] = Field(
         "auto", description="Inference engine; auto = llama.cpp for GGUF weights, transformers for a model folder."
     )
+    generator_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="When set, the .gguf file or model folder in CITELOOP_GENERATOR must have this sha256."
+    )
     generator_threads: int | None = Field(None, ge=1, description="CPU threads for generation (default: all cores).")
     context_window: int = Field(4096, ge=512, description="Prompt + answer tokens the generator is given.")
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer in tokens.")
@@ -106,6 +109,10 @@ class Settings(BaseSettings):
     )
     abstain_min_evidence: float = Field(
         0.3, ge=-1, le=1, description="Abstain without generating when the best context's dense cosine is below this."
+    )
+    abstain_unknown_terms: bool = Field(
+        True,
+        description="Abstain without generating when the question names something (an uncommon word) that no document of the collection contains.",
     )
     rate_limit_per_minute: int = Field(600, ge=1, description="API requests per key per minute (token bucket, per server process).")
     max_upload_mb: float = Field(20.0, gt=0, description="Largest file (or JSON body) the API accepts for ingestion.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from retrieval.retriever import RetrievedChunk
 ABSTAIN_REASONS = {
     "no_contexts": "the collection returned no passages for this question",
     "weak_evidence": "no passage is close enough to the question",
+    "unknown_terms": "the question names something no document of the collection mentions",
     "model_declined": "the sources do not contain the answer",
     "unsupported": "too few sentences of the draft answer are supported by the passages (CITELOOP_ANSWER_MIN_SUPPORT)",
 }
@@ -146,16 +148,35 @@ class AbstentionPolicy:
     """When to answer "I don't know." instead: one decision at each point where the pipeline can stop, each
     returning a key of ABSTAIN_REASONS, or None to go on."""
 
-    def __init__(self, min_evidence: float, min_support: float):
+    def __init__(self, min_evidence: float, min_support: float, common_words: frozenset[str] | None = None):
         self.min_evidence = min_evidence  # dense cosine of the closest source to the question
         self.min_support = min_support  # share of the draft's claims that verification supports
+        # Words too common to name a thing (the question may paraphrase the documents); None: no such check.
+        self.common_words = common_words
 
-    def before_generating(self, contexts: Sequence[RetrievedChunk]) -> str | None:
+    def before_generating(self, contexts: Sequence[RetrievedChunk], unseen_terms: Sequence[str] = ()) -> str | None:
+        """`unseen_terms`: the question's words and dotted names that no chunk of the collection contains."""
         if not contexts:
             return "no_contexts"
         if max(_dense(h) for h in contexts) < self.min_evidence:
             return "weak_evidence"
+        if self.unknown_terms(contexts, unseen_terms):
+            return "unknown_terms"
         return None
+
+    def unknown_terms(self, contexts: Sequence[RetrievedChunk], unseen_terms: Sequence[str]) -> list[str]:
+        """The unseen terms that name something: not common words, and not in the sources even with spacing
+        and punctuation ignored ("wifi" for "Wi-Fi", "basemodel" for "base model"). A question about a
+        library, product, identifier or version the collection never mentions cannot be answered from it."""
+        if self.common_words is None or not unseen_terms:
+            return []
+        text = " ".join(f"{h.title} {h.text}" for h in contexts).lower()
+        squashed, words = re.sub(r"\W+", "", text), set(re.findall(r"\w+", text))
+        return [
+            t
+            for t in unseen_terms
+            if t.lower() not in self.common_words and re.sub(r"\W+", "", t.lower()) not in squashed and not _misspelt(t.lower(), words)
+        ]
 
     def after_generating(self, draft: str) -> str | None:
         return "model_declined" if declined(draft) else None
@@ -166,6 +187,18 @@ class AbstentionPolicy:
         if not claims or sum(s.supported for s in claims) / len(claims) < self.min_support:
             return "unsupported"
         return None
+
+
+def _misspelt(term: str, words: set[str]) -> bool:
+    """A word of the sources within one edit (a transposition counts one) of the term, two from ten letters on: "carageenan" is the
+    sources' "carrageenan", "HIN1" their "H1N1". Shorter terms must match exactly."""
+    from rapidfuzz.distance import OSA
+    from rapidfuzz.process import extractOne
+
+    if len(term) < 4 or "." in term:
+        return False
+    edits = 2 if len(term) >= 10 else 1
+    return extractOne(term, words, scorer=OSA.distance, score_cutoff=edits) is not None
 
 
 def _dense(hit: RetrievedChunk) -> float:

@@ -141,15 +141,53 @@ def resolve_generator(name: str, settings: Settings) -> GeneratorWeights:
         return GeneratorWeights(name, digest, gguf=SMOLLM2.verified_path() / rel)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return GeneratorWeights(path.stem, sha256_file(path), gguf=path.resolve())
+        _check_gguf(path)
+        return GeneratorWeights(path.stem, _pinned(path, sha256_file(path), settings), gguf=path.resolve())
     if path.is_dir() and (path / "config.json").is_file():
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if not weights:
             raise ModelPackageError(f"{path}: a model folder needs *.safetensors (or *.bin) weight files")
-        return GeneratorWeights(path.name, artifact_sha256(path, weights), hf_dir=path.resolve())
+        if not _folder_has_chat_template(path):
+            raise ModelPackageError(f"{path}: the model has no chat template (tokenizer_config.json 'chat_template' or chat_template.jinja); citeloop needs an instruction-tuned chat model")
+        return GeneratorWeights(path.name, _pinned(path, artifact_sha256(path, weights), settings), hf_dir=path.resolve())
     raise ModelPackageError(
         f"unknown generator '{name}': use one of {', '.join(PACKAGED)}, a .gguf file, or a transformers model folder"
     )
+
+
+def _pinned(path: Path, digest: str, settings: Settings) -> str:
+    """The weights' digest, checked against CITELOOP_GENERATOR_SHA256 when that is set."""
+    if settings.generator_sha256 and digest != settings.generator_sha256.lower():
+        raise ModelPackageError(f"{path}: sha256 {digest} does not match CITELOOP_GENERATOR_SHA256 {settings.generator_sha256}")
+    return digest
+
+
+def _check_gguf(path: Path) -> None:
+    """A readable GGUF with a chat template: llama.cpp would otherwise fail with a bare message, or format
+    prompts with a guessed template the model was never trained on."""
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ModelPackageError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as error:
+        raise ModelPackageError(f"{path}: unreadable GGUF ({error})") from error
+    if "tokenizer.chat_template" not in reader.fields:
+        raise ModelPackageError(f"{path}: the GGUF has no chat template (tokenizer.chat_template); citeloop needs an instruction-tuned chat model")
+
+
+def _folder_has_chat_template(path: Path) -> bool:
+    import json
+
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    config = path / "tokenizer_config.json"
+    try:
+        return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+    except (ValueError, OSError):
+        return False
 
 
 def safetensors_cache(weights: GeneratorWeights, settings: Settings) -> Path:

@@ -117,14 +117,16 @@ class AnswerPipeline:
         self.retriever = self.search.hybrid
         self.reranker = self.search.reranker
         generator = load_generator(settings)
-        spans = SpanEncoder(load_embedder(settings).embed)
+        embedder = load_embedder(settings)
+        spans = SpanEncoder(embedder.embed)
         budget = settings.context_window - settings.max_new_tokens
         self.prompt_builder = PromptBuilder(generator.count_tokens, budget, spans, settings.evidence_sentences)
         self.generator = AnswerGenerator(generator, SamplingParams.from_settings(settings))
         thresholds = SupportThresholds(settings.citation_min_similarity, settings.citation_min_overlap, settings.citation_min_relevance)
         self.verifier = CitationVerifier(spans, thresholds)
         self.extractor = EvidenceExtractor(spans, settings.extractive_min_similarity)
-        self.policy = AbstentionPolicy(settings.abstain_min_evidence, settings.answer_min_support)
+        common = embedder.common_words() if settings.abstain_unknown_terms else None
+        self.policy = AbstentionPolicy(settings.abstain_min_evidence, settings.answer_min_support, common)
 
     def check_question(self, question: str) -> str:
         question = question.strip()
@@ -181,7 +183,7 @@ class AnswerPipeline:
                 return finish(extract.answer, None, extract.sentences, extract.citations, draft, extractive=True)
             return finish(REFUSAL, reason, draft=draft)
 
-        if reason := self.policy.before_generating(prompt.contexts):
+        if reason := self.policy.before_generating(prompt.contexts, retrieved.unseen_terms):
             yield finish(REFUSAL, reason)
             return
         draft = yield from self.generator.run(prompt.messages, started)

@@ -57,6 +57,11 @@ class Embedder:
         # Torch modules are not safe to call from several threads at once.
         self._lock = threading.Lock()
 
+    def common_words(self) -> frozenset[str]:
+        """The whole words of the tokenizer's vocabulary (WordPiece keeps ~20k of the most frequent English
+        words whole and splits rarer ones: names, identifiers, jargon)."""
+        return frozenset(t for t in self.tokenizer.get_vocab() if t.isalnum())
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 

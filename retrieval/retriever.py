@@ -5,6 +5,7 @@ Every result carries its chunk, its document, and the score and rank it got at e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,10 @@ def _matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
     return True
 
 
+# A dotted name: module.function, Class.method (each part two characters or more, so "e.g." is none).
+DOTTED_NAME = re.compile(r"\b[A-Za-z_]\w+(?:\.[A-Za-z_]\w+)+")
+
+
 class CollectionRetriever:
     """Searches the active index build of one collection; reloads when a new build becomes active."""
 
@@ -72,6 +77,7 @@ class CollectionRetriever:
         self.embedder = load_embedder(self.settings)
         # Index and rows are swapped together in one assignment, so a concurrent search sees one build.
         self._state: tuple[LoadedIndex, list[StoredChunk]] | None = None
+        self._lowered: tuple[str, str] | None = None  # (build id, its chunk texts lower-cased), built on first need
         self.refresh()
 
     @property
@@ -115,6 +121,21 @@ class CollectionRetriever:
     def vectors(self) -> np.ndarray:
         """The dense vectors of the loaded build, in the same row order as `chunks()`."""
         return self._state[0].dense.vectors() if self._state else np.zeros((0, self.embedder.dim), dtype=np.float32)
+
+    def unseen_terms(self, text: str) -> list[str]:
+        """The terms of `text` that no chunk of the loaded build contains: words outside the BM25 vocabulary
+        (none without a BM25 index), then dotted names ("typing.override") whose last two parts no chunk has
+        (documents write "Path.walk" as often as "pathlib.Path.walk")."""
+        if self._state is None:
+            return []
+        index, rows = self._state
+        words = index.bm25.unseen(list(dict.fromkeys(re.findall(r"\w+", text)))) if index.bm25 is not None else []
+        names = list(dict.fromkeys(DOTTED_NAME.findall(text)))
+        if not names:
+            return words
+        if self._lowered is None or self._lowered[0] != index.build_id:
+            self._lowered = (index.build_id, "\n".join(r.text.lower() for r in rows))
+        return words + [n for n in names if ".".join(n.lower().split(".")[-2:]) not in self._lowered[1]]
 
     def __len__(self) -> int:
         return len(self._state[1]) if self._state else 0

@@ -50,6 +50,12 @@ class BM25Index:
     def load(cls, directory: Path) -> BM25Index:
         return cls(bm25s.BM25.load(str(directory), mmap=True))
 
+    def unseen(self, words: list[str]) -> list[str]:
+        """The words no indexed chunk contains (none of their BM25 terms is in the vocabulary); words that are
+        only stopwords are never unseen."""
+        vocab = self.model.vocab_dict
+        return [w for w, terms in zip(words, tokenize(words)) if terms and not any(t in vocab for t in terms)]
+
     def search(self, query: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Row ids and scores of the top-k rows with a positive score, best first."""
         vocab = self.model.vocab_dict

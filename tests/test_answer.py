@@ -70,6 +70,13 @@ def test_question_far_from_every_document_is_refused_without_generating(docs_set
     assert "generate" not in answer.timings_ms
 
 
+def test_question_about_a_library_the_documents_never_mention_is_refused_without_generating(docs_settings):
+    events = list(AnswerPipeline("tutorial", docs_settings).stream("How do I read a CSV file into a pandas DataFrame?"))
+    answer = events[-1].answer
+    assert not any(isinstance(e, TokenEvent) for e in events)
+    assert answer.abstained and answer.abstain_reason == "unknown_terms" and "generate" not in answer.timings_ms
+
+
 def test_bad_questions_and_collections_are_clear_errors(docs_settings):
     pipeline = AnswerPipeline("tutorial", docs_settings)
     with pytest.raises(QuestionError, match="empty"):

@@ -80,6 +80,14 @@ def test_retriever_returns_fused_hits_and_picks_up_a_new_build(settings, tmp_pat
     assert found.chunks == 3 and found.hits[0].doc_id == "weather.txt"  # no reload by hand
 
 
+def test_retriever_names_the_query_terms_no_chunk_contains(kb):
+    found = HybridRetriever(CollectionRetriever("kb", kb)).run("How do I open a Parquet file with pyarrow and the open() function?", k=2)
+    # BM25's stopwords ("a", "with", "and", "the") are never unseen; "How" and "do" are in no chunk of 'kb'.
+    assert found.unseen_terms == ["How", "do", "Parquet", "pyarrow"]
+    found = HybridRetriever(CollectionRetriever("kb", kb)).run("Does builtins.list.append or list.remove add items, e.g. at the end?", k=2)
+    assert found.unseen_terms == ["Does", "builtins", "remove", "list.remove"]  # list.append: its last two parts are in a chunk
+
+
 def test_retriever_of_an_empty_collection_reports_no_chunks(settings):
     from citeloop.db import Collection, session_scope
 
@@ -267,6 +275,17 @@ def test_policy_abstains_on_no_or_weak_evidence_before_generating():
     assert POLICY.before_generating([]) == "no_contexts"
     assert POLICY.before_generating([hit("a", "x", 0.29), hit("b", "y", None)]) == "weak_evidence"
     assert POLICY.before_generating([hit("a", "x", 0.1), hit("b", "y", 0.3)]) is None  # the closest one counts
+
+
+def test_policy_abstains_when_the_question_names_what_no_document_mentions():
+    policy = AbstentionPolicy(min_evidence=0.3, min_support=0.5, common_words=frozenset({"spreadsheet", "louder"}))
+    sources = [hit("a", "Open the Wi-Fi menu to change the base model.", 0.6)]
+    assert policy.before_generating(sources, ["pyarrow"]) == "unknown_terms"
+    assert policy.unknown_terms(sources, ["pyarrow", "Spreadsheet"]) == ["pyarrow"]  # a common word may paraphrase
+    assert policy.before_generating(sources, ["wifi", "BaseModel"]) is None  # in the sources, spelt apart
+    assert policy.unknown_terms(sources, ["typing.override", "wi.fi"]) == ["typing.override"]
+    assert policy.unknown_terms(sources, ["chnage", "bsae", "pyarrow"]) == ["pyarrow"]  # misspelt words of the sources
+    assert POLICY.before_generating(sources, ["pyarrow"]) is None  # no common words given: no such check
 
 
 def test_policy_abstains_when_the_model_declines():

@@ -57,3 +57,40 @@ def test_split_gguf_is_assembled_from_verified_parts_and_checked_whole(tmp_path,
     assembled.unlink()
     with pytest.raises(ModelPackageError, match="part02.bin has sha256"):
         SplitGGUF("fake", "fake-model", whole, parts, "fake-split-part1..3==1.0").assembled(cache)
+
+
+def test_a_generator_path_that_is_no_usable_model_is_refused_naming_the_file(tmp_path):
+    import json
+
+    import gguf
+
+    from citeloop.config import Settings
+    from generation.models import SMOLLM2, resolve_generator
+
+    settings = Settings(data_dir=tmp_path / "var")
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model")
+    with pytest.raises(ModelPackageError, match=f"{text}: not a GGUF file"):
+        resolve_generator(str(text), settings)
+
+    bare = tmp_path / "base.gguf"  # a valid GGUF whose model was never tuned to chat
+    writer = gguf.GGUFWriter(str(bare), "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    with pytest.raises(ModelPackageError, match=f"{bare}: the GGUF has no chat template"):
+        resolve_generator(str(bare), settings)
+
+    folder = tmp_path / "base-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    with pytest.raises(ModelPackageError, match=f"{folder}: the model has no chat template"):
+        resolve_generator(str(folder), settings)
+
+    (rel, digest), = SMOLLM2.checksums.items()
+    smollm2 = SMOLLM2.verified_path() / rel
+    assert resolve_generator(str(smollm2), Settings(data_dir=tmp_path / "var", generator_sha256=digest)).digest == digest
+    with pytest.raises(ModelPackageError, match="does not match CITELOOP_GENERATOR_SHA256"):
+        resolve_generator(str(smollm2), Settings(data_dir=tmp_path / "var", generator_sha256="0" * 64))
