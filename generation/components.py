@@ -173,9 +173,11 @@ class AbstentionPolicy:
         text = " ".join(f"{h.title} {h.text}" for h in contexts).lower()
         squashed, words = re.sub(r"\W+", "", text), set(re.findall(r"\w+", text))
         return [
-            t
-            for t in unseen_terms
-            if t.lower() not in self.common_words and re.sub(r"\W+", "", t.lower()) not in squashed and not _misspelt(t.lower(), words)
+            term
+            for term in unseen_terms
+            if (lowered := term.lower()) not in self.common_words
+            and re.sub(r"\W+", "", lowered) not in squashed
+            and not _misspelt(lowered, words)
         ]
 
     def after_generating(self, draft: str) -> str | None:
@@ -190,8 +192,9 @@ class AbstentionPolicy:
 
 
 def _misspelt(term: str, words: set[str]) -> bool:
-    """A word of the sources within one edit (a transposition counts one) of the term, two from ten letters on: "carageenan" is the
-    sources' "carrageenan", "HIN1" their "H1N1". Shorter terms must match exactly."""
+    """A word of the sources within one edit of the term (a transposition counts one; two edits from ten
+    letters on): "carageenan" is the sources' "carrageenan", "HIN1" their "H1N1". Terms under four characters
+    and dotted names must match exactly."""
     from rapidfuzz.distance import OSA
     from rapidfuzz.process import extractOne
 
