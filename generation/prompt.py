@@ -14,7 +14,6 @@ SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources you are given.\n"
     "- Answer in one to three short sentences, copying the facts from the sources.\n"
     "- End every sentence with the number of the source it comes from, like [1] or [2][3].\n"
-    "- For a yes/no question, start with Yes or No, then copy the sentence of the sources that shows it, with its number.\n"
     f"- If the sources do not contain the answer, reply exactly: {REFUSAL}"
 )
 # What small models write when they decline; checked on the answer's first sentence only.
