@@ -12,6 +12,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -85,6 +86,18 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file_once(path: Path) -> str:
+    """`sha256_file`, computed once per file state (path, size, modification time) in this process: model
+    weights are resolved on every load and hashing a GB-sized file takes seconds."""
+    stat = path.stat()
+    return _sha256_of_state(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256_of_state(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
 
 
 def artifact_sha256(directory: Path, files: Iterable[Path] | None = None) -> str:

@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from citeloop.files import sha256_file
+from citeloop.files import sha256_file_once
 
 
 class ModelPackageError(RuntimeError):
@@ -41,22 +41,14 @@ class ModelPackage:
         return root
 
 
-_verified: dict[tuple[str, int, int], str] = {}
-
-
 def verify_sha256(path: Path, expected: str, requirement: str) -> None:
     if not path.is_file():
         raise ModelPackageError(f"{path} is missing from '{requirement}'; reinstall it: pip install --force-reinstall '{requirement}'")
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if _verified.get(key) == expected:
-        return
-    actual = sha256_file(path)
+    actual = sha256_file_once(path)
     if actual != expected:
         raise ModelPackageError(
             f"{path} has sha256 {actual}, expected {expected}; the package '{requirement}' is corrupt or not the pinned release"
         )
-    _verified[key] = expected
 
 
 MINILM = ModelPackage(

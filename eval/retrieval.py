@@ -7,7 +7,7 @@ from pathlib import Path
 
 from citeloop.config import Settings, get_settings
 from citeloop.progress import progress_bar
-from citeloop.modelpkg import sha256_file
+from citeloop.files import sha256_file
 from eval.beir import corpus_file, load_split
 from retrieval.embedder import EMBEDDER_ID
 from citeloop.registry import VersionInfo, active_version

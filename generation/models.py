@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings
-from citeloop.files import artifact_sha256, sha256_file, staged
+from citeloop.files import artifact_sha256, sha256_file, sha256_file_once, staged
 from citeloop.modelpkg import ModelPackage, ModelPackageError, verify_sha256
 
 @dataclass(frozen=True)
@@ -141,8 +142,9 @@ def resolve_generator(name: str, settings: Settings) -> GeneratorWeights:
         return GeneratorWeights(name, digest, gguf=SMOLLM2.verified_path() / rel)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        _check_gguf(path)
-        return GeneratorWeights(path.stem, _pinned(path, sha256_file(path), settings), gguf=path.resolve())
+        digest = sha256_file_once(path)
+        _check_gguf(str(path), digest)
+        return GeneratorWeights(path.stem, _pinned(path, digest, settings), gguf=path.resolve())
     if path.is_dir() and (path / "config.json").is_file():
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if not weights:
@@ -162,9 +164,11 @@ def _pinned(path: Path, digest: str, settings: Settings) -> str:
     return digest
 
 
-def _check_gguf(path: Path) -> None:
+@lru_cache(maxsize=16)
+def _check_gguf(path: str, digest: str) -> None:
     """A readable GGUF with a chat template: llama.cpp would otherwise fail with a bare message, or format
-    prompts with a guessed template the model was never trained on."""
+    prompts with a guessed template the model was never trained on. Checked once per file and contents (a
+    failure is not remembered)."""
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ModelPackageError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")

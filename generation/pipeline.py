@@ -3,9 +3,9 @@
 
 `AnswerPipeline` composes the components (`retrieval.rerank.HybridRetriever` and `Reranker`, then
 `generation.components`' PromptBuilder, AnswerGenerator, CitationVerifier, AbstentionPolicy and
-EvidenceExtractor), handing each the previous one's output. `AnswerPipeline.stream` yields events (the API's server-sent events map onto them
-one to one): `ContextsEvent` once, `TokenEvent` per generated piece, then `DoneEvent` with the finished
-`Answer`. Citations are resolved at the end, when the whole answer is known.
+EvidenceExtractor), handing each the previous one's output. `AnswerPipeline.stream` yields events (the API's
+server-sent events map onto them one to one): `ContextsEvent` once, `TokenEvent` per generated piece, then
+`DoneEvent` with the finished `Answer`. Citations are resolved at the end, when the whole answer is known.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ class AnswerPipeline:
                 return finish(extract.answer, None, extract.sentences, extract.citations, draft, extractive=True)
             return finish(REFUSAL, reason, draft=draft)
 
-        if reason := self.policy.before_generating(prompt.contexts, retrieved.unseen_terms):
+        unseen = self.retriever.unseen_terms(question) if self.settings.abstain_unknown_terms else []
+        if reason := self.policy.before_generating(prompt.contexts, unseen):
             yield finish(REFUSAL, reason)
             return
         draft = yield from self.generator.run(prompt.messages, started)

@@ -11,7 +11,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +183,6 @@ class SearchResult:
 class RetrievedHits:
     hits: list[RetrievedChunk]
     chunks: int  # in the index build searched: 0 when the collection has no documents
-    unseen_terms: list[str] = field(default_factory=list)  # terms of the query that no chunk contains
 
 
 class HybridRetriever:
@@ -197,7 +196,11 @@ class HybridRetriever:
         """The best max(k, min_hits) chunks; raises UnknownCollectionError once the collection is deleted."""
         self._retriever.refresh()
         hits = self._retriever.search(query, k=max(k, self.min_hits), mode="hybrid", filters=filters)
-        return RetrievedHits(hits, len(self._retriever), self._retriever.unseen_terms(query))
+        return RetrievedHits(hits, len(self._retriever))
+
+    def unseen_terms(self, query: str) -> list[str]:
+        """The query's terms that no chunk of the collection contains (`CollectionRetriever.unseen_terms`)."""
+        return self._retriever.unseen_terms(query)
 
 
 class Reranker:

@@ -81,11 +81,11 @@ def test_retriever_returns_fused_hits_and_picks_up_a_new_build(settings, tmp_pat
 
 
 def test_retriever_names_the_query_terms_no_chunk_contains(kb):
-    found = HybridRetriever(CollectionRetriever("kb", kb)).run("How do I open a Parquet file with pyarrow and the open() function?", k=2)
+    retriever = HybridRetriever(CollectionRetriever("kb", kb))
     # BM25's stopwords ("a", "with", "and", "the") are never unseen; "How" and "do" are in no chunk of 'kb'.
-    assert found.unseen_terms == ["How", "do", "Parquet", "pyarrow"]
-    found = HybridRetriever(CollectionRetriever("kb", kb)).run("Does builtins.list.append or list.remove add items, e.g. at the end?", k=2)
-    assert found.unseen_terms == ["Does", "builtins", "remove", "list.remove"]  # list.append: its last two parts are in a chunk
+    assert retriever.unseen_terms("How do I open a Parquet file with pyarrow and the open() function?") == ["How", "do", "Parquet", "pyarrow"]
+    unseen = retriever.unseen_terms("Does builtins.list.append or list.remove add items, e.g. at the end?")
+    assert unseen == ["Does", "builtins", "remove", "list.remove"]  # list.append: its last two parts are in a chunk
 
 
 def test_retriever_of_an_empty_collection_reports_no_chunks(settings):
