@@ -112,7 +112,13 @@ class Settings(BaseSettings):
     )
     abstain_unknown_terms: bool = Field(
         True,
-        description="Abstain without generating when the question names something (an uncommon word) that no document of the collection contains.",
+        description="Abstain without generating when the question names something (an uncommon word rare in the collection) that none of the passages found mentions.",
+    )
+    abstain_rare_term_share: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="A question word in at most this share of the collection's chunks (or in five) is rare: the passages found must mention it (CITELOOP_ABSTAIN_UNKNOWN_TERMS).",
     )
     rate_limit_per_minute: int = Field(600, ge=1, description="API requests per key per minute (token bucket, per server process).")
     max_upload_mb: float = Field(20.0, gt=0, description="Largest file (or JSON body) the API accepts for ingestion.")

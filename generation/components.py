@@ -9,7 +9,7 @@ import collections.abc
 import contextlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -26,11 +26,15 @@ from generation.citations import (
 from generation.engines import Generator, SamplingParams
 from generation.prompt import build_messages, declined, fit_sources, numbered_sources, with_excerpts
 from retrieval.retriever import RetrievedChunk
+from retrieval.sparse import stem
+
+# A word in at most this many chunks is rare however large the collection (see AbstentionPolicy.rare_share).
+RARE_TERM_MIN_CHUNKS = 5
 
 ABSTAIN_REASONS = {
     "no_contexts": "the collection returned no passages for this question",
     "weak_evidence": "no passage is close enough to the question",
-    "unknown_terms": "the question names something no document of the collection mentions",
+    "unknown_terms": "the question names something none of the passages found mentions",
     "model_declined": "the sources do not contain the answer",
     "unsupported": "too few sentences of the draft answer are supported by the passages (CITELOOP_ANSWER_MIN_SUPPORT)",
 }
@@ -148,37 +152,59 @@ class AbstentionPolicy:
     """When to answer "I don't know." instead: one decision at each point where the pipeline can stop, each
     returning a key of ABSTAIN_REASONS, or None to go on."""
 
-    def __init__(self, min_evidence: float, min_support: float, common_words: frozenset[str] | None = None):
+    def __init__(
+        self,
+        min_evidence: float,
+        min_support: float,
+        common_words: frozenset[str] | None = None,
+        english_stems: frozenset[str] = frozenset(),
+        rare_share: float = 0.002,
+    ):
         self.min_evidence = min_evidence  # dense cosine of the closest source to the question
         self.min_support = min_support  # share of the draft's claims that verification supports
         # Words too common to name a thing (the question may paraphrase the documents); None: no such check.
         self.common_words = common_words
+        # Stems of English words (`retrieval.sparse.english_stems`): a word the collection has names a thing
+        # only when it is not one of them.
+        self.english_stems = english_stems
+        # A word in at most this share of the collection's chunks (or RARE_TERM_MIN_CHUNKS) is rare.
+        self.rare_share = rare_share
 
-    def before_generating(self, contexts: Sequence[RetrievedChunk], unseen_terms: Sequence[str] = ()) -> str | None:
-        """`unseen_terms`: the question's words and dotted names that no chunk of the collection contains."""
+    def before_generating(self, contexts: Sequence[RetrievedChunk], term_counts: Mapping[str, int] | None = None, chunks: int = 0) -> str | None:
+        """`term_counts`: how many of the collection's `chunks` contain each of the question's terms."""
         if not contexts:
             return "no_contexts"
         if max(_dense(h) for h in contexts) < self.min_evidence:
             return "weak_evidence"
-        if self.unknown_terms(contexts, unseen_terms):
+        if term_counts and self.unknown_terms(contexts, term_counts, chunks):
             return "unknown_terms"
         return None
 
-    def unknown_terms(self, contexts: Sequence[RetrievedChunk], unseen_terms: Sequence[str]) -> list[str]:
-        """The unseen terms that name something: not common words, and not in the sources even with spacing
-        and punctuation ignored ("wifi" for "Wi-Fi", "basemodel" for "base model"). A question about a
-        library, product, identifier or version the collection never mentions cannot be answered from it."""
-        if self.common_words is None or not unseen_terms:
+    def unknown_terms(self, contexts: Sequence[RetrievedChunk], term_counts: Mapping[str, int], chunks: int) -> list[str]:
+        """The question's terms that name something the sources never mention, in no form: not with spacing
+        and punctuation ignored ("wifi" for "Wi-Fi"), not misspelt ("carageenan"), not as another form of a
+        word ("respiratory" for "respiration", "install" for "reinstall"). A term names something when it is
+        not a number or a common word and either no chunk of the collection contains it, or few do (rare) and
+        it is not an English word: retrieval put forward the passages closest to the question, and when none
+        of them mentions the library, product, identifier or drug the question is about, they cannot answer it."""
+        if self.common_words is None:
+            return []
+        rare = max(RARE_TERM_MIN_CHUNKS, self.rare_share * chunks)
+        named = [term for term, count in term_counts.items() if self._names_something(term, count, rare)]
+        if not named:
             return []
         text = " ".join(f"{h.title} {h.text}" for h in contexts).lower()
         squashed, words = re.sub(r"\W+", "", text), set(re.findall(r"\w+", text))
-        return [
-            term
-            for term in unseen_terms
-            if (lowered := term.lower()) not in self.common_words
-            and re.sub(r"\W+", "", lowered) not in squashed
-            and not _misspelt(lowered, words)
-        ]
+        return [term for term in named if not _mentioned(term.lower(), squashed, words)]
+
+    def _names_something(self, term: str, count: int, rare: float) -> bool:
+        """Dotted names count only when no chunk has them (`count` 0)."""
+        lowered = term.lower()
+        if term.isdigit() or lowered in self.common_words:
+            return False
+        if count == 0:
+            return True
+        return "." not in term and count <= rare and stem(lowered) not in self.english_stems
 
     def after_generating(self, draft: str) -> str | None:
         return "model_declined" if declined(draft) else None
@@ -189,6 +215,12 @@ class AbstentionPolicy:
         if not claims or sum(s.supported for s in claims) / len(claims) < self.min_support:
             return "unsupported"
         return None
+
+
+def _mentioned(term: str, squashed: str, words: set[str]) -> bool:
+    """The lower-cased term is in the sources: in their text with spacing and punctuation ignored
+    (`squashed`), or as a word of theirs (`words`) misspelt or in another form."""
+    return re.sub(r"\W+", "", term) in squashed or _misspelt(term, words) or _other_form(term, words)
 
 
 def _misspelt(term: str, words: set[str]) -> bool:
@@ -202,6 +234,25 @@ def _misspelt(term: str, words: set[str]) -> bool:
         return False
     edits = 2 if len(term) >= 10 else 1
     return extractOne(term, words, scorer=OSA.distance, score_cutoff=edits) is not None
+
+
+# English prefixes that make a word from another of the same topic ("reinstall", "coinfection").
+_PREFIXES = ("re", "un", "pre", "non", "dis", "mis", "co")
+
+
+def _other_form(term: str, words: set[str]) -> bool:
+    """A word of the sources that is another form of the term: both share all but the last three letters of
+    one of them, six letters at least ("respiratory" and "respiration"), or the term is the word with an
+    English prefix ("reinstall" from "install")."""
+    if "." in term:
+        return False
+
+    def head(word: str) -> str:
+        return word[: max(6, len(word) - 3)]
+
+    if any(term.startswith(p) and term[len(p) :] in words for p in _PREFIXES):
+        return True
+    return any(len(w) >= 6 and len(term) >= 6 and (w.startswith(head(term)) or term.startswith(head(w))) for w in words)
 
 
 def _dense(hit: RetrievedChunk) -> float:

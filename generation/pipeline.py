@@ -32,6 +32,7 @@ from generation.engines import SamplingParams, load_generator
 from generation.prompt import REFUSAL
 from retrieval.embedder import EMBEDDER_ID, load_embedder
 from retrieval.rerank import RankedSearch
+from retrieval.sparse import english_stems
 from retrieval.retriever import RetrievedChunk
 
 __all__ = [
@@ -125,8 +126,11 @@ class AnswerPipeline:
         thresholds = SupportThresholds(settings.citation_min_similarity, settings.citation_min_overlap, settings.citation_min_relevance)
         self.verifier = CitationVerifier(spans, thresholds)
         self.extractor = EvidenceExtractor(spans, settings.extractive_min_similarity)
-        common = embedder.common_words() if settings.abstain_unknown_terms else None
-        self.policy = AbstentionPolicy(settings.abstain_min_evidence, settings.answer_min_support, common)
+        if settings.abstain_unknown_terms:
+            common, english = embedder.common_words(), english_stems()
+        else:
+            common, english = None, frozenset()
+        self.policy = AbstentionPolicy(settings.abstain_min_evidence, settings.answer_min_support, common, english, settings.abstain_rare_term_share)
 
     def check_question(self, question: str) -> str:
         question = question.strip()
@@ -183,8 +187,8 @@ class AnswerPipeline:
                 return finish(extract.answer, None, extract.sentences, extract.citations, draft, extractive=True)
             return finish(REFUSAL, reason, draft=draft)
 
-        unseen = self.retriever.unseen_terms(question) if self.settings.abstain_unknown_terms else []
-        if reason := self.policy.before_generating(prompt.contexts, unseen):
+        counts = self.retriever.term_counts(question) if self.settings.abstain_unknown_terms else None
+        if reason := self.policy.before_generating(prompt.contexts, counts, retrieved.chunks):
             yield finish(REFUSAL, reason)
             return
         draft = yield from self.generator.run(prompt.messages, started)

@@ -198,9 +198,9 @@ class HybridRetriever:
         hits = self._retriever.search(query, k=max(k, self.min_hits), mode="hybrid", filters=filters)
         return RetrievedHits(hits, len(self._retriever))
 
-    def unseen_terms(self, query: str) -> list[str]:
-        """The query's terms that no chunk of the collection contains (`CollectionRetriever.unseen_terms`)."""
-        return self._retriever.unseen_terms(query)
+    def term_counts(self, query: str) -> dict[str, int]:
+        """How many chunks of the collection contain each term of the query (`CollectionRetriever.term_counts`)."""
+        return self._retriever.term_counts(query)
 
 
 class Reranker:

@@ -77,7 +77,7 @@ class CollectionRetriever:
         self.embedder = load_embedder(self.settings)
         # Index and rows are swapped together in one assignment, so a concurrent search sees one build.
         self._state: tuple[LoadedIndex, list[StoredChunk]] | None = None
-        self._lowered: tuple[str, str] | None = None  # (build id, its chunk texts lower-cased), built on first need
+        self._lowered: tuple[str, list[str]] | None = None  # (build id, its chunk texts lower-cased), built on first need
         self.refresh()
 
     @property
@@ -122,20 +122,22 @@ class CollectionRetriever:
         """The dense vectors of the loaded build, in the same row order as `chunks()`."""
         return self._state[0].dense.vectors() if self._state else np.zeros((0, self.embedder.dim), dtype=np.float32)
 
-    def unseen_terms(self, text: str) -> list[str]:
-        """The terms of `text` that no chunk of the loaded build contains: words outside the BM25 vocabulary
-        (none without a BM25 index), then dotted names ("typing.override") whose last two parts no chunk has
-        (documents write "Path.walk" as often as "pathlib.Path.walk")."""
+    def term_counts(self, text: str) -> dict[str, int]:
+        """How many chunks of the loaded build contain each term of `text`: its words (by BM25 term; none
+        without a BM25 index; stopwords left out), then its dotted names ("typing.override"), counted by their
+        last two parts (documents write "Path.walk" as often as "pathlib.Path.walk")."""
         if self._state is None:
-            return []
+            return {}
         index, rows = self._state
-        words = index.bm25.unseen(list(dict.fromkeys(re.findall(r"\w+", text)))) if index.bm25 is not None else []
+        words = list(dict.fromkeys(re.findall(r"\w+", text)))
+        counts = index.bm25.chunk_counts(words) if index.bm25 is not None else {}
         names = list(dict.fromkeys(DOTTED_NAME.findall(text)))
-        if not names:
-            return words
-        if self._lowered is None or self._lowered[0] != index.build_id:
-            self._lowered = (index.build_id, "\n".join(r.text.lower() for r in rows))
-        return words + [n for n in names if ".".join(n.lower().split(".")[-2:]) not in self._lowered[1]]
+        if names and (self._lowered is None or self._lowered[0] != index.build_id):
+            self._lowered = (index.build_id, [r.text.lower() for r in rows])
+        for name in names:
+            tail = ".".join(name.lower().split(".")[-2:])
+            counts[name] = sum(tail in chunk for chunk in self._lowered[1])
+        return counts
 
     def __len__(self) -> int:
         return len(self._state[1]) if self._state else 0

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import pickle
 from functools import lru_cache
 from pathlib import Path
 
 import bm25s
 import numpy as np
 import Stemmer
+
+from citeloop.modelpkg import ModelPackageError, verify_sha256
+
+# Webster's 2nd International word list (234k words) as the english-words package ships it: pinned and
+# checked before it is unpickled; the package's code is never imported.
+ENGLISH_WORDS = ("english-words==2.0.2", "english_words", "data/web2_alpha_lower.pickle", "1ce2ffb422a00239aa28a8923ada777ce1809c2b60c82cb1b9b7cf049039c264")
 
 # bm25s logs every index build at DEBUG/INFO; keep the CLI output to what the user asked for.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -26,6 +34,21 @@ def stem(word: str) -> str:
 def tokenize(texts: list[str]) -> list[list[str]]:
     """The one tokeniser for indexing and querying (lower-case words, stopwords out, stemmed)."""
     return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
+
+
+@lru_cache(maxsize=1)
+def english_stems() -> frozenset[str]:
+    """The stems (`stem`) of an English dictionary's words: a word whose stem is here is an English word,
+    in any inflection ("theorized", "calories"), rather than a name."""
+    requirement, package, file, sha256 = ENGLISH_WORDS
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelPackageError(f"the word list package is not installed: pip install '{requirement}'")
+    path = Path(spec.origin).parent / file
+    verify_sha256(path, sha256, requirement)
+    with path.open("rb") as f:
+        words = pickle.load(f)
+    return frozenset(_stemmer().stemWords(sorted(words)))
 
 
 class BM25Index:
@@ -50,11 +73,16 @@ class BM25Index:
     def load(cls, directory: Path) -> BM25Index:
         return cls(bm25s.BM25.load(str(directory), mmap=True))
 
-    def unseen(self, words: list[str]) -> list[str]:
-        """The words no indexed chunk contains (none of their BM25 terms is in the vocabulary); words that are
-        only stopwords are never unseen."""
-        vocab = self.model.vocab_dict
-        return [w for w, terms in zip(words, tokenize(words)) if terms and not any(t in vocab for t in terms)]
+    def chunk_counts(self, words: list[str]) -> dict[str, int]:
+        """How many indexed chunks contain each word (the most of any of its BM25 terms; 0: none); words that
+        are only stopwords are left out."""
+        vocab, indptr = self.model.vocab_dict, self.model.scores["indptr"]
+
+        def count(term: str) -> int:
+            column = vocab.get(term)
+            return int(indptr[column + 1] - indptr[column]) if column is not None and column + 1 < len(indptr) else 0
+
+        return {w: max(count(t) for t in terms) for w, terms in zip(words, tokenize(words)) if terms}
 
     def search(self, query: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Row ids and scores of the top-k rows with a positive score, best first."""

@@ -18,6 +18,7 @@ from retrieval.ingest import ingest
 from retrieval.readers import read_paths
 from retrieval.rerank import COMBINER_FILE, CROSS_ENCODER_DIR, HybridRetriever, Reranker, ScoreCombiner
 from retrieval.retriever import CollectionRetriever, RetrievedChunk, StageScore
+from retrieval.sparse import stem
 
 DOCS = {
     "files.md": "# Files\n\nThe open() function returns a file object. Use the with statement so the file is closed.\n",
@@ -80,12 +81,15 @@ def test_retriever_returns_fused_hits_and_picks_up_a_new_build(settings, tmp_pat
     assert found.chunks == 3 and found.hits[0].doc_id == "weather.txt"  # no reload by hand
 
 
-def test_retriever_names_the_query_terms_no_chunk_contains(kb):
+def test_retriever_counts_the_chunks_that_contain_each_query_term(kb):
     retriever = HybridRetriever(CollectionRetriever("kb", kb))
-    # BM25's stopwords ("a", "with", "and", "the") are never unseen; "How" and "do" are in no chunk of 'kb'.
-    assert retriever.unseen_terms("How do I open a Parquet file with pyarrow and the open() function?") == ["How", "do", "Parquet", "pyarrow"]
-    unseen = retriever.unseen_terms("Does builtins.list.append or list.remove add items, e.g. at the end?")
-    assert unseen == ["Does", "builtins", "remove", "list.remove"]  # list.append: its last two parts are in a chunk
+    counts = retriever.term_counts("How do I open a Parquet file with pyarrow and the open() function?")
+    # BM25's stopwords ("a", "with", "and", "the") are left out; "How" and "do" are in no chunk of 'kb'.
+    assert {term for term, n in counts.items() if n == 0} == {"How", "do", "Parquet", "pyarrow"}
+    assert counts["open"] >= 1 and counts["file"] >= 1
+    counts = retriever.term_counts("Does builtins.list.append or list.remove add items, e.g. at the end?")
+    assert counts["builtins.list.append"] >= 1  # counted by its last two parts, which a chunk has
+    assert counts["list.remove"] == 0 and counts["remove"] == 0
 
 
 def test_retriever_of_an_empty_collection_reports_no_chunks(settings):
@@ -189,7 +193,6 @@ def test_compact_evidence_shows_the_closest_sentences_and_verification_still_quo
 
 
 def test_extractor_quotes_the_sentence_closest_to_the_question_only_when_it_is_close(kb):
-    from generation.prompt import numbered_sources
     from retrieval.embedder import load_embedder
 
     spans = SpanEncoder(load_embedder(kb).embed)
@@ -277,15 +280,23 @@ def test_policy_abstains_on_no_or_weak_evidence_before_generating():
     assert POLICY.before_generating([hit("a", "x", 0.1), hit("b", "y", 0.3)]) is None  # the closest one counts
 
 
-def test_policy_abstains_when_the_question_names_what_no_document_mentions():
-    policy = AbstentionPolicy(min_evidence=0.3, min_support=0.5, common_words=frozenset({"spreadsheet", "louder"}))
-    sources = [hit("a", "Open the Wi-Fi menu to change the base model.", 0.6)]
-    assert policy.before_generating(sources, ["pyarrow"]) == "unknown_terms"
-    assert policy.unknown_terms(sources, ["pyarrow", "Spreadsheet"]) == ["pyarrow"]  # a common word may paraphrase
-    assert policy.before_generating(sources, ["wifi", "BaseModel"]) is None  # in the sources, spelt apart
-    assert policy.unknown_terms(sources, ["typing.override", "wi.fi"]) == ["typing.override"]
-    assert policy.unknown_terms(sources, ["chnage", "bsae", "pyarrow"]) == ["pyarrow"]  # misspelt words of the sources
-    assert POLICY.before_generating(sources, ["pyarrow"]) is None  # no common words given: no such check
+def test_policy_abstains_when_the_question_names_what_no_source_mentions():
+    english = frozenset(stem(w) for w in ("malformed", "theorize", "respiration"))
+    policy = AbstentionPolicy(min_evidence=0.3, min_support=0.5, common_words=frozenset({"spreadsheet", "louder"}), english_stems=english)
+    sources = [hit("a", "Open the Wi-Fi menu to change the base model, then install the respiratory filter.", 0.6)]
+    chunks = 10_000  # rare: in at most 20 (0.2%) of them
+    assert policy.before_generating(sources, {"pyarrow": 0}, chunks) == "unknown_terms"
+    assert policy.unknown_terms(sources, {"pyarrow": 0, "Spreadsheet": 0}, chunks) == ["pyarrow"]  # a common word may paraphrase
+    assert policy.before_generating(sources, {"wifi": 0, "BaseModel": 0}, chunks) is None  # in the sources, spelt apart
+    assert policy.unknown_terms(sources, {"typing.override": 0, "wi.fi": 0, "pathlib.Path": 3}, chunks) == ["typing.override"]
+    assert policy.unknown_terms(sources, {"chnage": 0, "bsae": 0, "pyarrow": 0}, chunks) == ["pyarrow"]  # misspelt words of the sources
+    # Rare in the collection and not in the sources: a name is refused, an English word (any inflection) may
+    # paraphrase the sources, and another form of a source's word is mentioned.
+    rare = {"PyCharm": 2, "malformed": 3, "theorized": 1, "respirations": 5, "reinstall": 9, "1999": 1, "list.sort": 1}
+    assert policy.unknown_terms(sources, rare, chunks) == ["PyCharm"]
+    assert policy.unknown_terms(sources, {"PyCharm": 21}, chunks) == []  # not rare: the sources may paraphrase it
+    assert policy.unknown_terms(sources, {"PyCharm": 5}, 10) == ["PyCharm"]  # in a small collection five chunks are rare
+    assert POLICY.before_generating(sources, {"pyarrow": 0}, chunks) is None  # no common words given: no such check
 
 
 def test_policy_abstains_when_the_model_declines():

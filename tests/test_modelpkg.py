@@ -19,6 +19,17 @@ def test_checksum_mismatch_is_refused():
         wrong.verified_path()
 
 
+def test_english_word_list_is_verified_before_it_is_unpickled(monkeypatch):
+    from retrieval import sparse
+
+    stems = sparse.english_stems()
+    assert {sparse.stem("theorized"), sparse.stem("calories")} <= stems and sparse.stem("pycharm") not in stems
+    requirement, package, file, _ = sparse.ENGLISH_WORDS
+    monkeypatch.setattr(sparse, "ENGLISH_WORDS", (requirement, package, file, "0" * 64))
+    with pytest.raises(ModelPackageError, match=r"web2_alpha_lower\.pickle has sha256"):
+        sparse.english_stems.__wrapped__()
+
+
 def test_offline_mode_is_set_by_the_package():
     import os
 
