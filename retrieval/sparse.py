@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import pickle
 from functools import lru_cache
@@ -12,11 +11,16 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from citeloop.modelpkg import ModelPackageError, verify_sha256
+from citeloop.modelpkg import ModelPackage
 
 # Webster's 2nd International word list (234k words) as the english-words package ships it: pinned and
 # checked before it is unpickled; the package's code is never imported.
-ENGLISH_WORDS = ("english-words==2.0.2", "english_words", "data/web2_alpha_lower.pickle", "1ce2ffb422a00239aa28a8923ada777ce1809c2b60c82cb1b9b7cf049039c264")
+ENGLISH_WORDS = ModelPackage(
+    name="english_words",
+    requirement="english-words==2.0.2",
+    folder="data",
+    checksums={"web2_alpha_lower.pickle": "1ce2ffb422a00239aa28a8923ada777ce1809c2b60c82cb1b9b7cf049039c264"},
+)
 
 # bm25s logs every index build at DEBUG/INFO; keep the CLI output to what the user asked for.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -40,13 +44,8 @@ def tokenize(texts: list[str]) -> list[list[str]]:
 def english_stems() -> frozenset[str]:
     """The stems (`stem`) of an English dictionary's words: a word whose stem is here is an English word,
     in any inflection ("theorized", "calories"), rather than a name."""
-    requirement, package, file, sha256 = ENGLISH_WORDS
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise ModelPackageError(f"the word list package is not installed: pip install '{requirement}'")
-    path = Path(spec.origin).parent / file
-    verify_sha256(path, sha256, requirement)
-    with path.open("rb") as f:
+    (file,) = ENGLISH_WORDS.checksums
+    with (ENGLISH_WORDS.verified_path() / file).open("rb") as f:
         words = pickle.load(f)
     return frozenset(_stemmer().stemWords(sorted(words)))
 

@@ -24,8 +24,8 @@ def test_english_word_list_is_verified_before_it_is_unpickled(monkeypatch):
 
     stems = sparse.english_stems()
     assert {sparse.stem("theorized"), sparse.stem("calories")} <= stems and sparse.stem("pycharm") not in stems
-    requirement, package, file, _ = sparse.ENGLISH_WORDS
-    monkeypatch.setattr(sparse, "ENGLISH_WORDS", (requirement, package, file, "0" * 64))
+    words = sparse.ENGLISH_WORDS
+    monkeypatch.setattr(sparse, "ENGLISH_WORDS", ModelPackage(words.name, words.requirement, words.folder, {"web2_alpha_lower.pickle": "0" * 64}))
     with pytest.raises(ModelPackageError, match=r"web2_alpha_lower\.pickle has sha256"):
         sparse.english_stems.__wrapped__()
 
