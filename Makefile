@@ -48,7 +48,8 @@ run: ingest-demo
 	@echo "  curl -s http://127.0.0.1:8000/healthz"
 	@echo "  curl -s -H \"Authorization: Bearer \$$KEY\" -H 'Content-Type: application/json' http://127.0.0.1:8000/v1/ask -d '{\"collection\": \"python-docs\", \"question\": \"How do I sort a list in place?\"}'"
 	@echo "  $(VENV)/bin/citeloop ask 'How do I sort a list in place?' --collection python-docs --stream"
-	$(VENV)/bin/citeloop serve --workers $(WORKERS)
+	@# Training jobs run in a worker process beside the server (huey's queue); it stops with the server.
+	$(VENV)/bin/citeloop worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT; $(VENV)/bin/citeloop serve --workers $(WORKERS)
 
 test: install
 	$(PY) -m pytest -q -ra

@@ -112,3 +112,37 @@ class Client:
 
     def erase(self, key_name: str) -> dict:
         return self._call("DELETE", "/v1/feedback", params={"key_name": key_name})
+
+    # training data, jobs and the registry
+    def set_key_training_opt_out(self, key_name: str, opt_out: bool) -> dict:
+        return self._call("PATCH", f"/v1/keys/{key_name}", json={"training_opt_out": opt_out})
+
+    def set_collection_training_opt_out(self, collection: str, opt_out: bool) -> dict:
+        return self._call("PATCH", f"/v1/collections/{collection}", json={"training_opt_out": opt_out})
+
+    def add_evalset(self, collection: str, name: str, rows: list[dict]) -> dict:
+        return self._call("POST", f"/v1/collections/{collection}/evalsets", json={"name": name, "rows": rows})
+
+    def evalsets(self, collection: str) -> list[dict]:
+        return self._call("GET", f"/v1/collections/{collection}/evalsets")
+
+    def submit_job(self, collection: str, kind: str = "reranker", options: dict | None = None) -> dict:
+        return self._call("POST", "/v1/training/jobs", json={"kind": kind, "collection": collection, "options": options or {}})
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/training/jobs/{job_id}")
+
+    def jobs(self, collection: str | None = None) -> list[dict]:
+        return self._call("GET", "/v1/training/jobs", params={"collection": collection} if collection else {})
+
+    def cancel_job(self, job_id: str) -> dict:
+        return self._call("POST", f"/v1/training/jobs/{job_id}/cancel")
+
+    def models(self, collection: str | None = None) -> dict:
+        return self._call("GET", "/v1/models", params={"collection": collection} if collection else {})
+
+    def promote(self, version_id: str, force: bool = False) -> dict:
+        return self._call("POST", f"/v1/models/{version_id}/promote", json={"force": force})
+
+    def rollback(self, version_id: str) -> dict | None:
+        return self._call("POST", f"/v1/models/{version_id}/rollback")

@@ -20,7 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.asgi import HttpMiddleware
 from api.schemas import ErrorResponse
 from citeloop.errors import NotFoundError
+from citeloop.registry import CorruptArtifactError, RegistryError
+from feedback.evalsets import EvalSetError
+from feedback.jobs import JobConflict, JobError
 from feedback.store import InvalidFeedback
+from feedback.trainset import TrainingSetError
 from generation.engines import GenerationError, GenerationTimeout
 from generation.pipeline import QuestionError
 
@@ -44,6 +48,12 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotFoundError: (404, "not_found"),  # UnknownCollectionError, feedback.store.NotFound
     QuestionError: (400, "invalid_question"),
     InvalidFeedback: (400, "invalid_request"),
+    EvalSetError: (400, "invalid_request"),
+    TrainingSetError: (422, "insufficient_training_data"),
+    JobError: (400, "invalid_request"),
+    JobConflict: (409, "conflict"),  # a job of that kind unfinished for the collection, or the job finished
+    RegistryError: (409, "conflict"),  # e.g. promoting a version whose gate failed without force
+    CorruptArtifactError: (409, "corrupt_artifact"),
     GenerationTimeout: (504, "generation_failed"),
     GenerationError: (503, "generation_failed"),
 }

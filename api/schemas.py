@@ -175,6 +175,7 @@ class CollectionErasure(BaseModel):
     events: int
     answers: int
     searches: int
+    snapshot_rows: int = Field(description="Rows removed from training snapshots (the models trained on them are marked).")
 
 
 class ErasureResult(BaseModel):
@@ -184,4 +185,121 @@ class ErasureResult(BaseModel):
     events: int
     answers: int
     searches: int
+    snapshot_rows: int
     collections: list[CollectionErasure]
+
+
+class TrainingSettings(Strict):
+    training_opt_out: bool = Field(description="True: this feedback never enters a training set (it is still stored and exported).")
+
+
+class CollectionSettings(BaseModel):
+    name: str
+    training_opt_out: bool
+
+
+class KeySettings(BaseModel):
+    name: str
+    training_opt_out: bool
+
+
+class EvalSetRow(BaseModel):
+    """A ragas-style row: the question and the documents (or chunks) that answer it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    user_input: str = Field(min_length=1, max_length=4000)
+    reference_doc_ids: list[str] | None = Field(None, min_length=1)
+    reference_chunk_ids: list[str] | None = Field(None, min_length=1)
+
+
+class EvalSetCreate(Strict):
+    """Either `rows` (ragas-style) or BEIR-style `queries` + `qrels` (query id -> {doc id: grade})."""
+
+    name: str = Field(min_length=1, max_length=128)
+    rows: list[EvalSetRow] | None = Field(None, min_length=1, max_length=100_000)
+    queries: dict[str, str] | None = None
+    qrels: dict[str, dict[str, int]] | None = None
+    level: Literal["doc", "chunk"] = Field("doc", description="With queries + qrels: whether their ids name documents or chunks.")
+
+
+class EvalSetInfoOut(BaseModel):
+    id: str
+    collection: str
+    name: str
+    level: str
+    queries: int
+    sha256: str
+    created_by: str
+    created_at: str
+
+
+class TrainingOptions(Strict):
+    """Training arguments a job may override (the rest keep the trainer's defaults)."""
+
+    epochs: int | None = Field(None, ge=1, le=50)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=2, le=512)
+    learning_rate: float | None = Field(None, gt=0, lt=1)
+    hard_negatives: int | None = Field(None, ge=0, le=32)
+    max_tokens: int | None = Field(None, ge=16, le=512)
+    seed: int | None = None
+
+
+class JobCreate(Strict):
+    kind: Literal["reranker"] = Field(description="The model kind to train from the collection's feedback.")
+    collection: str = CollectionName
+    options: TrainingOptions = Field(default_factory=TrainingOptions)
+
+
+class JobOut(BaseModel):
+    id: str
+    collection: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    trigger: str
+    requested_by: str
+    options: dict[str, Any]
+    progress: float
+    log: list[str] = Field(description="The latest log lines, oldest first.")
+    cancel_requested: bool
+    snapshot_id: str | None
+    version_id: str | None = Field(description="The candidate the job registered.")
+    result: dict[str, Any] | None = Field(description="Training metrics, the gate decision, whether it was promoted.")
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ModelOut(BaseModel):
+    id: str
+    collection: str
+    kind: str
+    status: str
+    parent_id: str | None
+    snapshot_id: str
+    artifact_sha256: str
+    metrics: dict[str, Any]
+    created_at: str
+    promoted_at: str | None
+    data_erased_at: str | None = Field(description="When an erasure removed rows of the snapshot it was trained on.")
+
+
+class DeploymentOut(BaseModel):
+    collection: str
+    kind: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+    actor: str
+    deployed_at: str
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+    history: list[DeploymentOut] = Field(description="Promotions and rollbacks of the listed collections' models, oldest first.")
+
+
+class PromoteRequest(Strict):
+    force: bool = Field(False, description="Promote even when the gate fails (recorded as forced).")

@@ -223,7 +223,7 @@ def score(results_file: Path, held_out_k: int | None) -> None:
 
     from citeloop.config import get_settings
     from eval.beir import load_split
-    from eval.retrieval import RUN_DEPTH, doc_ranking, score_runs, search_depth
+    from eval.retrieval import RUN_DEPTH, ranking, score_runs, search_depth
     from feedback.reranker_loop import beir_examples
     from feedback.train_reranker import fit_combiner, split_examples
     from retrieval.rerank import CrossEncoderReranker, ScoreCombiner
@@ -248,7 +248,7 @@ def score(results_file: Path, held_out_k: int | None) -> None:
     hybrid_hits = {qid: beir.retriever.search(text, k=held_out_k, mode="hybrid") for qid, text in beir.held_out.items()}
     query_of = {e.query_id: e.query for e in val_examples} | beir.held_out
     # At the default depth this is the hybrid stage exactly as `eval retrieval` (and the gate) scores it.
-    table = {f"hybrid, first stages {held_out_k} deep": score_runs(qrels, {"h": {q: doc_ranking(h, RUN_DEPTH) for q, h in hybrid_hits.items()}})["h"]}
+    table = {f"hybrid, first stages {held_out_k} deep": score_runs(qrels, {"h": {q: ranking(h, RUN_DEPTH) for q, h in hybrid_hits.items()}})["h"]}
     for name, per_query in results["logits"].items():
         logits = {(query_of[qid], chunk_id): value for qid, chunks in per_query.items() for chunk_id, value in chunks}
         reranker = PrecomputedReranker(logits, settings)
@@ -256,9 +256,9 @@ def score(results_file: Path, held_out_k: int | None) -> None:
         for top_n in RERANK_DEPTHS:
             reranker.combiner = ScoreCombiner.only("cross_encoder_z")
             if top_n == 20:
-                runs["cross-encoder alone, N=20"] = {q: doc_ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
+                runs["cross-encoder alone, N=20"] = {q: ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
             reranker.combiner = fit_combiner(reranker, val_examples, beir.retriever, top_n, defaults.seed)
-            runs[f"rerank N={top_n}"] = {q: doc_ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
+            runs[f"rerank N={top_n}"] = {q: ranking(reranker.rerank(beir.held_out[q], h, top_n), RUN_DEPTH) for q, h in hybrid_hits.items()}
         table[name] = score_runs(qrels, runs) | {"training": results["recipes"][name]}
     print(json.dumps({"device": results["device"], "held_out_claims": len(qrels), "table": table}, indent=1))
 

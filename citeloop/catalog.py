@@ -1,4 +1,4 @@
-"""Read-only views of what is stored: collections with their counts and active builds."""
+"""Collections as stored: their counts, active builds and settings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from citeloop.config import Settings
-from citeloop.db import Chunk, Collection, Document, IndexBuild, session_scope
+from citeloop.db import Chunk, Collection, Document, IndexBuild, get_collection, session_scope
 
 
 @dataclass
@@ -18,6 +18,7 @@ class CollectionInfo:
     build_id: str | None
     dense_index: str | None
     updated: str | None
+    training_opt_out: bool = False
 
 
 def list_collections(settings: Settings | None = None) -> list[CollectionInfo]:
@@ -38,6 +39,14 @@ def list_collections(settings: Settings | None = None) -> list[CollectionInfo]:
                     build.id[:12] if build else None,
                     build.dense_index if build else None,
                     build.created_at.strftime("%Y-%m-%d %H:%M") if build else None,
+                    c.training_opt_out,
                 )
             )
         return result
+
+
+def set_collection_training_opt_out(name: str, opt_out: bool, settings: Settings | None = None) -> None:
+    """Keep the collection's feedback out of every training set (its events are still stored and exported), or
+    let it back in; raises UnknownCollectionError."""
+    with session_scope(settings) as session:
+        get_collection(session, name).training_opt_out = opt_out

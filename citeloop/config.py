@@ -57,6 +57,22 @@ class Settings(BaseSettings):
         0.005, description="A candidate model must beat the active one (or hybrid) on nDCG@10 by this much."
     )
     gate_max_recall_drop: float = Field(0.005, ge=0, description="Largest Recall@100 loss the gate tolerates.")
+    gate_require_ci: bool = Field(True, description="Promote only when the nDCG@10 gain's paired bootstrap interval lies above GATE_MIN_CI_LOWER.")
+    gate_min_ci_lower: float = Field(0.0, description="What the lower bound of that interval must exceed.")
+    gate_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of that interval.")
+    queue_url: str | None = Field(
+        None, description="Task queue of training jobs: redis://HOST:PORT/DB, or unset for huey's SQLite storage at DATA_DIR/queue.db."
+    )
+    job_heartbeat_s: float = Field(5.0, gt=0, description="How often a running job's worker records its progress and heartbeat.")
+    job_stale_s: float = Field(
+        120.0, gt=0, description="A running job without a heartbeat for this long (its worker on another host gone) is marked failed."
+    )
+    training_auto_events: int = Field(
+        0, ge=0, description="Queue a reranker job when a collection has this many new judgements and votes since its last job (0: off)."
+    )
+    training_min_queries: int = Field(
+        20, ge=1, description="Judged questions with a relevant chunk (outside the evaluation share) a training set from feedback needs."
+    )
     eval_holdout: float = Field(
         0.2, gt=0, lt=1, description="Share of labelled queries held out of training to evaluate candidates."
     )

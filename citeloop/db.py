@@ -42,6 +42,8 @@ class Collection(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # Its feedback never enters a training set (the owner's choice; the events are still stored and exported).
+    training_opt_out: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     documents: Mapped[list[Document]] = relationship(back_populates="collection", cascade="all, delete-orphan", passive_deletes=True)
@@ -125,6 +127,8 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # training, gate and eval figures
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set when an erasure removed rows of the training snapshot this version was trained on.
+    data_erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Deployment(Base):
@@ -155,6 +159,7 @@ class ApiKey(Base):
     collections: Mapped[list[str]] = mapped_column(JSON)  # names it may reach; ["*"] = all
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart in listings
+    training_opt_out: Mapped[bool] = mapped_column(default=False, server_default=false())  # its feedback never trains
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -209,6 +214,78 @@ class FeedbackRecord(Base):
     citation_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # query, contexts, cited, answer, correction, reason, models
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class TrainingSnapshot(Base):
+    """The exact labelled rows one training run reads (feedback/trainset.py), with where they came from and
+    what the quality gates dropped. `sha256` is of `rows`; an erasure removes its rows and updates it."""
+
+    __tablename__ = "training_snapshots"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # the model kind it trains
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)  # per signal kind, queries, rows
+    dropped: Mapped[dict[str, Any]] = mapped_column(JSON)  # gate -> events or labels it dropped
+    first_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    erased_rows: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalSet(Base):
+    """Labelled queries of one collection that no training run reads: the gate of its models. `level`: the
+    qrels name documents (BEIR) or chunks (judged feedback)."""
+
+    __tablename__ = "eval_sets"
+    __table_args__ = (UniqueConstraint("collection_id", "name", name="uq_eval_sets_collection_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    level: Mapped[str] = mapped_column(String(8))  # doc | chunk
+    queries: Mapped[dict[str, Any]] = mapped_column(JSON)  # query id -> text
+    qrels: Mapped[dict[str, Any]] = mapped_column(JSON)  # query id -> {doc or chunk id: grade}
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+UNFINISHED = text("status IN ('queued', 'running')")
+
+
+class TrainingJob(Base):
+    """A training run requested of the task queue (feedback/jobs.py): its state as the API reports it. At most
+    one unfinished job per collection and kind (a partial unique index)."""
+
+    __tablename__ = "training_jobs"
+    __table_args__ = (
+        Index("ix_training_jobs_collection_kind", "collection_id", "kind"),
+        Index("uq_training_jobs_one_unfinished", "collection_id", "kind", unique=True, sqlite_where=UNFINISHED, postgresql_where=UNFINISHED),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | cancelled
+    trigger: Mapped[str] = mapped_column(String(16))  # api | cli | auto
+    requested_by: Mapped[str] = mapped_column(String(128))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)  # training arguments overridden for this job
+    progress: Mapped[float] = mapped_column(default=0.0, server_default=text("0"))
+    log: Mapped[list[str]] = mapped_column(JSON)  # the latest lines
+    queue_task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)  # host:pid that runs it
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    snapshot_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    version_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # metrics, gate decision, promoted
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def get_collection(session: Session, name: str) -> Collection:

@@ -45,6 +45,7 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    training_opt_out: bool = False
 
 
 def _digest(key: str) -> str:
@@ -79,10 +80,20 @@ def revoke_key(name: str, settings: Settings | None = None) -> None:
             row.revoked_at = utcnow()
 
 
+def set_key_training_opt_out(name: str, opt_out: bool, settings: Settings | None = None) -> None:
+    """Keep the key's feedback out of every training set (its events are still stored and exported), or let it
+    back in."""
+    with session_scope(settings) as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.name == name))
+        if row is None:
+            raise KeyManagementError(f"no key named '{name}'")
+        row.training_opt_out = opt_out
+
+
 def list_keys(settings: Settings | None = None) -> list[KeyInfo]:
     with session_scope(settings) as session:
         rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
-        return [KeyInfo(r.name, r.role, list(r.collections), r.prefix, r.created_at, r.revoked_at) for r in rows]
+        return [KeyInfo(r.name, r.role, list(r.collections), r.prefix, r.created_at, r.revoked_at, r.training_opt_out) for r in rows]
 
 
 def has_admin_key(settings: Settings | None = None) -> bool:

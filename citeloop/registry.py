@@ -50,6 +50,7 @@ class VersionInfo:
     metrics: dict[str, Any]
     created_at: datetime
     promoted_at: datetime | None
+    data_erased_at: datetime | None = None  # an erasure removed rows of its training snapshot since it was trained
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class DeploymentInfo:
 def _info(row: ModelVersion, collection: str) -> VersionInfo:
     return VersionInfo(
         row.id, collection, row.kind, row.status, row.parent_id, Path(row.path), row.artifact_sha256,
-        row.snapshot_id, dict(row.params or {}), dict(row.metrics or {}), row.created_at, row.promoted_at,
+        row.snapshot_id, dict(row.params or {}), dict(row.metrics or {}), row.created_at, row.promoted_at, row.data_erased_at,
     )
 
 
@@ -274,23 +275,62 @@ class GateDecision:
     candidate: dict[str, float]
     baseline: dict[str, float]
     baseline_name: str
+    # The nDCG@10 gain over the baseline on the same queries, and its paired bootstrap confidence interval.
+    gain: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
+
+
+def paired_bootstrap(candidate: dict[str, float], baseline: dict[str, float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean per-query difference candidate - baseline over their shared queries, with its paired bootstrap
+    confidence interval (scipy.stats.bootstrap, BCa, 9,999 resamples of the queries)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    queries = sorted(set(candidate) & set(baseline))
+    if not queries:
+        raise RegistryError("no query is scored for both models: nothing to compare")
+    diff = np.array([candidate[q] - baseline[q] for q in queries])
+    if np.all(diff == diff[0]):  # no spread to resample (one query, or identical rankings)
+        return float(diff[0]), float(diff[0]), float(diff[0])
+    result = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=9999, method="BCa", random_state=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return float(diff.mean()), float(low), float(high)
 
 
 def gate_decision(
-    candidate: dict[str, float],
-    baseline: dict[str, float],
+    candidate: dict,
+    baseline: dict,
     baseline_name: str,
     min_ndcg_gain: float,
     max_recall_drop: float,
+    min_ci_lower: float | None = None,
+    confidence: float = 0.95,
 ) -> GateDecision:
-    """Promote only a candidate that beats the baseline on nDCG@10 by the margin without losing Recall@100."""
+    """Promote only a candidate that beats the baseline on nDCG@10 by the margin without losing Recall@100 and,
+    when both carry per-query nDCG@10 (`per_query`) and `min_ci_lower` is set, whose gain's paired bootstrap
+    interval lies above `min_ci_lower`: a lucky split of a few queries does not promote."""
+    per_query = candidate.get("per_query"), baseline.get("per_query")
+    candidate = {k: v for k, v in candidate.items() if k != "per_query"}
+    baseline = {k: v for k, v in baseline.items() if k != "per_query"}
     gain = candidate["ndcg@10"] - baseline["ndcg@10"]
     drop = baseline["recall@100"] - candidate["recall@100"]
+    ci: dict = {"gain": round(gain, 4)}
+    interval = ""
+    if per_query[0] is not None and per_query[1] is not None:
+        _, low, high = paired_bootstrap(per_query[0], per_query[1], confidence)
+        ci |= {"ci_low": round(low, 4), "ci_high": round(high, 4), "confidence": confidence}
+        interval = f" ({confidence:.0%} CI {low:+.4f} .. {high:+.4f})"
+
+    def decided(passed: bool, reason: str) -> GateDecision:
+        return GateDecision(passed, reason, candidate, baseline, baseline_name, **ci)
+
+    head = f"nDCG@10 {candidate['ndcg@10']:.4f} vs {baseline_name} {baseline['ndcg@10']:.4f}: gain {gain:+.4f}{interval}"
     if gain < min_ndcg_gain:
-        reason = f"nDCG@10 {candidate['ndcg@10']:.4f} vs {baseline_name} {baseline['ndcg@10']:.4f}: gain {gain:+.4f} < required {min_ndcg_gain:+.4f}"
-        return GateDecision(False, reason, candidate, baseline, baseline_name)
+        return decided(False, f"{head} < required {min_ndcg_gain:+.4f}")
+    if min_ci_lower is not None and "ci_low" in ci and ci["ci_low"] <= min_ci_lower:
+        return decided(False, f"{head}: the interval's lower bound is not above {min_ci_lower:+.4f}")
     if drop > max_recall_drop:
-        reason = f"Recall@100 {candidate['recall@100']:.4f} vs {baseline_name} {baseline['recall@100']:.4f}: drop {drop:.4f} > tolerance {max_recall_drop:.4f}"
-        return GateDecision(False, reason, candidate, baseline, baseline_name)
-    reason = f"nDCG@10 {candidate['ndcg@10']:.4f} vs {baseline_name} {baseline['ndcg@10']:.4f} ({gain:+.4f}); Recall@100 {candidate['recall@100']:.4f} vs {baseline['recall@100']:.4f}"
-    return GateDecision(True, reason, candidate, baseline, baseline_name)
+        return decided(False, f"{head}; Recall@100 {candidate['recall@100']:.4f} vs {baseline['recall@100']:.4f}: drop {drop:.4f} > tolerance {max_recall_drop:.4f}")
+    return decided(True, f"{head}; Recall@100 {candidate['recall@100']:.4f} vs {baseline['recall@100']:.4f}")

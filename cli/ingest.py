@@ -11,7 +11,7 @@ from rich.table import Table
 from cli.errors import reports_errors
 from cli.output import console, err
 
-collections_app = typer.Typer(help="List and delete collections.", no_args_is_help=True)
+collections_app = typer.Typer(help="List and delete collections; training opt-out.", no_args_is_help=True)
 
 
 @reports_errors()
@@ -51,10 +51,26 @@ def collections_list() -> None:
     """Collections with their document and chunk counts."""
     from citeloop.catalog import list_collections
 
-    table = Table("collection", "documents", "chunks", "index build", "dense index", "updated")
+    table = Table("collection", "documents", "chunks", "index build", "dense index", "updated", "training")
     for c in list_collections():
-        table.add_row(c.name, str(c.documents), str(c.chunks), c.build_id or "-", c.dense_index or "-", c.updated or "-")
+        table.add_row(
+            c.name, str(c.documents), str(c.chunks), c.build_id or "-", c.dense_index or "-", c.updated or "-",
+            "opted out" if c.training_opt_out else "used",
+        )
     console.print(table)
+
+
+@collections_app.command("training")
+@reports_errors()
+def collections_training(
+    name: Annotated[str, typer.Argument(help="The collection.")],
+    opt_out: Annotated[bool, typer.Option("--opt-out/--opt-in", help="Keep the collection's feedback out of training sets, or let it back in.")],
+) -> None:
+    """Whether a collection's feedback may train models (its events are stored and exported either way)."""
+    from citeloop.catalog import set_collection_training_opt_out
+
+    set_collection_training_opt_out(name, opt_out)
+    console.print(f"'{name}': feedback {'kept out of' if opt_out else 'used in'} training sets")
 
 
 @collections_app.command("delete")

@@ -1,4 +1,4 @@
-"""API key commands: `keys create|bootstrap|revoke|list`."""
+"""API key commands: `keys create|bootstrap|revoke|training|list`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 from cli.errors import reports_errors
 from cli.output import console
 
-keys_app = typer.Typer(help="API keys: create, revoke, list.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: create, revoke, list, training opt-out.", no_args_is_help=True)
 
 
 @keys_app.command("create")
@@ -53,12 +53,28 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) ->
     console.print(f"revoked '{name}'")
 
 
+@keys_app.command("training")
+@reports_errors()
+def keys_training(
+    name: Annotated[str, typer.Argument(help="The key's name.")],
+    opt_out: Annotated[bool, typer.Option("--opt-out/--opt-in", help="Keep the key's feedback out of training sets, or let it back in.")],
+) -> None:
+    """Whether a key's votes and judgements may train models (its events are stored and exported either way)."""
+    from citeloop.keys import set_key_training_opt_out
+
+    set_key_training_opt_out(name, opt_out)
+    console.print(f"'{name}': feedback {'kept out of' if opt_out else 'used in'} training sets")
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """Keys with their role, collections and state (never the key itself)."""
     from citeloop.keys import list_keys
 
-    table = Table("name", "role", "collections", "prefix", "created", "revoked")
+    table = Table("name", "role", "collections", "prefix", "created", "revoked", "training")
     for k in list_keys():
-        table.add_row(k.name, k.role, ",".join(k.collections), k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-")
+        table.add_row(
+            k.name, k.role, ",".join(k.collections), k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-", "opted out" if k.training_opt_out else "used",
+        )
     console.print(table)

@@ -32,7 +32,9 @@ def cli_actor() -> str:
 @train_app.command("reranker")
 @reports_errors(ValueError)
 def train_reranker_command(
-    beir: Annotated[Path, typer.Option("--beir", help="BEIR directory whose qrels label the training queries.")],
+    beir: Annotated[Optional[Path], typer.Option("--beir", help="BEIR directory whose qrels label the training queries.")] = None,
+    from_feedback: Annotated[bool, typer.Option("--from-feedback", help="Train on the --collection's stored feedback instead.")] = False,
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="With --from-feedback: the collection.")] = None,
     split: Annotated[str, typer.Option("--split", help="Qrels split to train on (part is held out for the gate).")] = "train",
     promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
     loss: Annotated[str, typer.Option("--loss", help="mnrl, cached-mnrl or bce.")] = TRAINING_DEFAULTS.loss,
@@ -50,9 +52,14 @@ def train_reranker_command(
     max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: none).")] = TRAINING_DEFAULTS.max_steps,
     seed: Annotated[int, typer.Option("--seed")] = TRAINING_DEFAULTS.seed,
 ) -> None:
-    """Train a cross-encoder reranker on a BEIR collection, gate it on held-out queries, optionally promote it."""
-    from feedback.reranker_loop import train_from_beir
+    """Train a cross-encoder reranker on a BEIR collection's qrels or on a collection's stored feedback, gate it on
+    queries it never trained on, optionally promote it."""
+    from feedback.reranker_loop import train_from_beir, train_from_feedback
 
+    if from_feedback == (beir is not None):
+        fail("give one of --beir DIR or --from-feedback --collection NAME")
+    if from_feedback and not collection:
+        fail("--from-feedback needs --collection NAME")
     if loss not in ("mnrl", "cached-mnrl", "bce"):
         fail(f"--loss must be mnrl, cached-mnrl or bce, not '{loss}'")
     args = replace(
@@ -61,7 +68,10 @@ def train_reranker_command(
         hard_negatives=hard_negatives, in_batch_negatives=in_batch_negatives, bf16=bf16, batch_size=batch_size, max_tokens=max_tokens, max_steps=max_steps,
         seed=seed,
     )
-    report = train_from_beir(beir, split, args, promote_if_better=promote, show_progress=True, actor=cli_actor())
+    if from_feedback:
+        report = train_from_feedback(collection, args, promote_if_better=promote, show_progress=True, actor=cli_actor())
+    else:
+        report = train_from_beir(beir, split, args, promote_if_better=promote, show_progress=True, actor=cli_actor())
     verdict = "[green]passed[/]" if report.decision.passed else "[red]failed[/]"
     console.print(f"candidate [bold]{report.version.id}[/] ({report.version.metrics.get('train_seconds')} s training): gate {verdict}: {report.decision.reason}")
     if report.promoted:
@@ -82,13 +92,13 @@ def models_list(
     if not versions:
         console.print("no model versions registered (train one: citeloop train reranker --beir DIR)")
         return
-    table = Table("version", "collection", "kind", "status", "parent", "snapshot", "val nDCG@10", "gate", "created")
+    table = Table("version", "collection", "kind", "status", "parent", "snapshot", "val nDCG@10", "gate", "created", "data erased")
     for v in versions:
         gate = v.metrics.get("gate", {})
         table.add_row(
-            v.id, v.collection, v.kind, v.status, v.parent_id or "-", v.snapshot_id[:12],
+            v.id, v.collection, v.kind, v.status, v.parent_id or "-", v.snapshot_id[:17],
             str(v.metrics.get("val_ndcg@10", "-")), "passed" if gate.get("passed") else ("failed" if gate else "-"),
-            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.created_at.strftime("%Y-%m-%d %H:%M"), f"{v.data_erased_at:%Y-%m-%d %H:%M}" if v.data_erased_at else "-",
         )
     console.print(table)
 

@@ -17,51 +17,67 @@ METRICS = ("ndcg@10", "recall@100", "mrr@10")
 RUN_DEPTH = 100  # documents ranked per query: enough for Recall@100
 
 
-def eval_collection_name(corpus: Path, settings: Settings) -> str:
-    """A throwaway collection per corpus content and chunking settings, reused across runs."""
+def corpus_key(corpus: Path, settings: Settings) -> str:
+    """What an evaluation collection is: the corpus file's content and the chunking and embedding settings."""
     key = ":".join(
         [sha256_file(corpus), str(settings.chunk_size), str(settings.chunk_overlap), settings.bm25_method, EMBEDDER_ID, settings.embedder_backend]
     )
-    return f"eval-{corpus.parent.name}-{sha256(key.encode()).hexdigest()[:12]}"
+    return sha256(key.encode()).hexdigest()[:12]
+
+
+def eval_collection_name(corpus: Path, settings: Settings) -> str:
+    """A throwaway collection per corpus content and chunking settings; the folder's name only labels it."""
+    return f"eval-{corpus.parent.name}-{corpus_key(corpus, settings)}"
 
 
 def ensure_eval_collection(directory: Path, settings: Settings | None = None, show_progress: bool = False) -> str:
+    """The evaluation collection of a BEIR directory's corpus, ingested on first use. Found by content: the same
+    corpus in another folder (other queries and qrels over it) is the same collection."""
     from citeloop.catalog import list_collections
     from retrieval.ingest import ingest
     from retrieval.readers import read_rows
 
     settings = settings or get_settings()
     corpus = corpus_file(Path(directory))
+    key = corpus_key(corpus, settings)
+    for c in list_collections(settings):
+        if c.name.startswith("eval-") and c.name.endswith(f"-{key}") and c.build_id:
+            return c.name
     name = eval_collection_name(corpus, settings)
-    if not any(c.name == name and c.build_id for c in list_collections(settings)):
-        report = ingest(read_rows(corpus), name, settings, show_progress=show_progress)
-        if report.skipped:
-            first = report.skipped[0]
-            raise ValueError(f"{len(report.skipped)} corpus rows could not be read, e.g. {first.name}: {first.reason}")
+    report = ingest(read_rows(corpus), name, settings, show_progress=show_progress)
+    if report.skipped:
+        first = report.skipped[0]
+        raise ValueError(f"{len(report.skipped)} corpus rows could not be read, e.g. {first.name}: {first.reason}")
     return name
 
 
-def doc_ranking(chunks, depth: int) -> dict[str, float]:
-    """Chunk results -> document run: a document takes the score of its best chunk."""
+def ranking(chunks, depth: int, level: str = "doc") -> dict[str, float]:
+    """Chunk results -> a run of `depth` ids: chunk ids as ranked, or documents, each at its best chunk's score."""
     run: dict[str, float] = {}
     for chunk in chunks:
-        if chunk.doc_id not in run:
-            run[chunk.doc_id] = chunk.score
+        key = chunk.doc_id if level == "doc" else chunk.chunk_id
+        if key not in run:
+            run[key] = chunk.score
             if len(run) == depth:
                 break
     return run
 
 
-def score_runs(qrels: dict[str, dict[str, int]], runs: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict]:
+def score_runs(qrels: dict[str, dict[str, int]], runs: dict[str, dict[str, dict[str, float]]], per_query: bool = False) -> dict[str, dict]:
+    """Mean metrics per stage; `per_query`: also each query's nDCG@10 (the gate's paired comparison)."""
     from ranx import Qrels, Run, evaluate
 
     ranx_qrels = Qrels(qrels)
+    order = sorted(qrels)
     out = {}
     for stage, run in runs.items():
         # ranx needs every query present in the run; an empty result scores 0.
-        complete = {q: (run.get(q) or {"__none__": 0.0}) for q in qrels}
-        scores = evaluate(ranx_qrels, Run(complete), list(METRICS), make_comparable=True)
+        complete = Run({q: (run.get(q) or {"__none__": 0.0}) for q in order})
+        scores = evaluate(ranx_qrels, complete, list(METRICS), make_comparable=True)
         out[stage] = {m: round(float(scores[m]), 4) for m in METRICS} | {"queries": len(qrels)}
+        if per_query:
+            values = evaluate(ranx_qrels, complete, "ndcg@10", return_mean=False, make_comparable=True)
+            out[stage]["per_query"] = {q: float(v) for q, v in zip(complete.keys(), values)}
     return out
 
 
@@ -84,17 +100,38 @@ def evaluate_retrieval(
 ) -> dict[str, dict]:
     """Metrics per stage; `rerank` uses `reranker` (default: the collection's active one, else it is an error);
     `query_ids` restricts scoring to those queries (a held-out split)."""
-    from retrieval.rerank import RankedSearch
-
     settings = settings or get_settings()
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown or not stages:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; available: {', '.join(STAGES)}")
+    check_stages(stages)
     data = load_split(Path(directory), split)
     if query_ids is not None:
         data.qrels = {q: r for q, r in data.qrels.items() if q in query_ids}
         data.queries = {q: t for q, t in data.queries.items() if q in data.qrels}
     collection = ensure_eval_collection(Path(directory), settings, show_progress)
+    return evaluate_collection(collection, data.queries, data.qrels, stages, settings, show_progress=show_progress, reranker=reranker)
+
+
+def check_stages(stages: list[str]) -> None:
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; available: {', '.join(STAGES)}")
+
+
+def evaluate_collection(
+    collection: str,
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+    stages: list[str],
+    settings: Settings,
+    level: str = "doc",
+    show_progress: bool = False,
+    reranker: VersionInfo | None = None,
+    per_query: bool = False,
+) -> dict[str, dict]:
+    """Metrics per stage of labelled queries on a collection; `level`: the qrels name documents or chunks."""
+    from retrieval.rerank import RankedSearch
+
+    check_stages(stages)
+    qrels = {q: r for q, r in qrels.items() if q in queries}
     ranked = RankedSearch(collection, settings)
     retriever = ranked.retriever
     if "rerank" in stages:
@@ -103,13 +140,13 @@ def evaluate_retrieval(
             raise ValueError(f"stage 'rerank' needs a reranker: collection '{collection}' has no active one (pass --reranker ID)")
     chunk_depth = search_depth(settings)
     runs: dict[str, dict[str, dict[str, float]]] = {s: {} for s in stages}
-    with progress_bar(f"querying {len(data.queries)} queries", len(data.queries), show_progress) as advance:
-        for qid, text in data.queries.items():
+    with progress_bar(f"querying {len(qrels)} queries", len(qrels), show_progress) as advance:
+        for qid in qrels:
             for stage in stages:
                 if stage == "rerank":
-                    hits = ranked.search(text, k=chunk_depth, reranker=reranker).hits
+                    hits = ranked.search(queries[qid], k=chunk_depth, reranker=reranker).hits
                 else:
-                    hits = retriever.search(text, k=chunk_depth, mode=stage, candidates=chunk_depth)
-                runs[stage][qid] = doc_ranking(hits, RUN_DEPTH)
+                    hits = retriever.search(queries[qid], k=chunk_depth, mode=stage, candidates=chunk_depth)
+                runs[stage][qid] = ranking(hits, RUN_DEPTH, level)
             advance(1)
-    return score_runs(data.qrels, runs)
+    return score_runs(qrels, runs, per_query)

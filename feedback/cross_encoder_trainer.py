@@ -97,11 +97,22 @@ def cpu_bf16_is_faster(model, loss, batch) -> bool:
     return timings[True] < 0.8 * timings[False]  # a marginal gain is not worth bf16's rounding
 
 
+def _rows_repeat(train_rows: list[dict]) -> bool:
+    return len({(r["query"], r["positive"]) for r in train_rows}) < len(train_rows)
+
+
 def fit_cross_encoder(
-    train_rows: list[dict], samples: list[dict], args: RerankerTrainingArgs, base_model: Path, work: Path, show_progress: bool = False
+    train_rows: list[dict],
+    samples: list[dict],
+    args: RerankerTrainingArgs,
+    base_model: Path,
+    work: Path,
+    show_progress: bool = False,
+    callbacks: list | None = None,
 ) -> FittedCrossEncoder:
     """`train_rows`: {query, positive, negative_1..n}; `samples`: CrossEncoderRerankingEvaluator samples
-    ({query, positive: [...], documents: [...]}). A fresh one-logit head on `base_model`; CUDA when present."""
+    ({query, positive: [...], documents: [...]}). A fresh one-logit head on `base_model`; CUDA when present.
+    `callbacks`: transformers TrainerCallbacks (progress, cancellation)."""
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -111,6 +122,7 @@ def fit_cross_encoder(
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
     )
+    from sentence_transformers.base.sampler import BatchSamplers
     from transformers import set_seed
 
     set_seed(args.seed)
@@ -164,8 +176,12 @@ def fit_cross_encoder(
         report_to="none",
         disable_tqdm=not show_progress,
         dataloader_num_workers=0,
+        # A weighted positive repeats its row: a batch must not hold both copies, or one is the other's in-batch negative.
+        batch_sampler=BatchSamplers.NO_DUPLICATES if _rows_repeat(train_rows) else BatchSamplers.BATCH_SAMPLER,
     )
-    trainer = CrossEncoderTrainer(model=model, args=training_args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
+    trainer = CrossEncoderTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
+    )
     result = trainer.train()
     best = trainer.state.best_metric if trainer.state.best_metric is not None else evaluator(trainer.model)["val_ndcg@10"]
     return FittedCrossEncoder(

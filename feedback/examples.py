@@ -1,24 +1,18 @@
-"""Labelled signals -> reranker training examples `(query, positives, negatives)`: the one place that does it.
-
-Sources: BEIR qrels (bootstrap and benchmarks) and feedback events. Strengths:
-- a curator's "relevant" mark is a strong positive; a curator's "not relevant" mark or a flagged citation
-  is a strong (hard) negative;
-- the cited chunks of a thumbs-up answer are weak positives, those of a thumbs-down answer weak negatives.
-For one (query, chunk) a strong label beats a weak one, and among equals the latest wins.
+"""Reranker training examples `(query, positives, negatives)`: their shape, label strengths, the held-out split,
+and examples from BEIR qrels (bootstrap and benchmarks). Feedback events become examples in feedback/trainset.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from feedback.events import FeedbackEvent
 
-STRONG = 1.0
-WEAK = 0.3
+STRONG = 1.0  # a curator's judgement (and a BEIR qrel)
+WEAK = 0.3  # a vote
 
 
 @dataclass(frozen=True)
@@ -49,38 +43,6 @@ def is_holdout(query_id: str, fraction: float, fold: int = 0) -> bool:
     fold cross-validates the whole loop on every labelled query."""
     bucket = int(hashlib.sha256(f"holdout:{query_id}".encode()).hexdigest()[:8], 16) / 2**32
     return fold * fraction <= bucket < (fold + 1) * fraction
-
-
-def examples_from_events(events: Iterable[FeedbackEvent]) -> list[TrainingExample]:
-    # (query key, chunk id) -> (strength, time, sign)
-    labels: dict[tuple[str, str], tuple[float, object, int]] = {}
-    queries: dict[str, str] = {}
-    for event in events:
-        key = query_key(event.query)
-        queries.setdefault(key, event.query)
-        if event.kind == "relevant":
-            marks = [(event.chunk_id, STRONG, +1)]
-        elif event.kind in ("not_relevant", "citation_flag"):
-            marks = [(event.chunk_id, STRONG, -1)]
-        elif event.kind == "thumbs_up":
-            marks = [(cid, WEAK, +1) for cid in event.cited]
-        elif event.kind == "thumbs_down":
-            marks = [(cid, WEAK, -1) for cid in event.cited]
-        else:  # corrections train the generator, not the reranker
-            continue
-        for chunk_id, strength, sign in marks:
-            current = labels.get((key, chunk_id))
-            if current is None or (strength, event.created_at) >= current[:2]:
-                labels[(key, chunk_id)] = (strength, event.created_at, sign)
-    by_query: dict[str, tuple[list[Labelled], list[Labelled]]] = {}
-    for (key, chunk_id), (strength, _, sign) in sorted(labels.items()):
-        positives, negatives = by_query.setdefault(key, ([], []))
-        (positives if sign > 0 else negatives).append(Labelled(chunk_id, strength))
-    return [
-        TrainingExample(key, queries[key], tuple(pos), tuple(neg), source="feedback")
-        for key, (pos, neg) in sorted(by_query.items())
-        if pos  # contrastive training needs a positive; negatives alone wait for one
-    ]
 
 
 def examples_from_qrels(

@@ -1,14 +1,17 @@
-"""Bootstrap a collection's reranker from BEIR qrels, evaluate the candidate on held-out queries, gate, promote.
+"""Train a collection's reranker (from BEIR qrels, or from its stored feedback), gate the candidate on evaluation
+queries it never trained on, promote it when it is better.
 
-The held-out queries (`is_holdout`, CITELOOP_EVAL_HOLDOUT of them) never reach training; the gate compares the
-candidate with the active reranker on them, or with hybrid retrieval when none is active.
+BEIR: the held-out queries (`is_holdout`, CITELOOP_EVAL_HOLDOUT of them) never reach training. Feedback: the
+collection's uploaded evaluation sets, or the held-out share of its judged questions. The gate compares the
+candidate with hybrid retrieval and with the active reranker, if any, on the queries neither trained on.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,8 +28,8 @@ from citeloop.registry import (
     register_candidate,
 )
 from eval.beir import load_split
-from eval.retrieval import ensure_eval_collection, evaluate_retrieval
-from feedback.examples import TrainingExample, examples_from_qrels, is_holdout
+from eval.retrieval import ensure_eval_collection, evaluate_collection
+from feedback.examples import TrainingExample, examples_from_qrels, is_holdout, query_key
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
 from feedback.train_reranker import train_reranker
 from retrieval.retriever import CollectionRetriever
@@ -59,29 +62,82 @@ def version_held_out(version: VersionInfo) -> HeldOut:
     return HeldOut(directory, split, holdout_queries(directory, split, float(source["holdout"]), int(source.get("fold", 0))))
 
 
-def run_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
-    """Candidate vs the active reranker (or hybrid) on held-out queries that neither of them trained on."""
-    settings = settings or get_settings()
-    held_out = version_held_out(version)
+@dataclass(frozen=True)
+class GateQueries:
+    """Labelled queries a version is gated on: on which collection, at which level, and described how."""
 
-    def evaluate(stages: list[str], model: VersionInfo, queries: set[str]) -> dict:
-        return evaluate_retrieval(held_out.directory, held_out.split, stages, settings, show_progress, reranker=model, query_ids=queries)
+    collection: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    level: str
+    name: str
+
+
+def gate_queries(version: VersionInfo, settings: Settings) -> GateQueries:
+    """The evaluation queries a version was registered with: a BEIR split's held-out share, or an evaluation
+    set of its collection."""
+    source = version.params.get("eval") or {}
+    if "evalset" in source:
+        from citeloop.db import session_scope
+        from feedback.evalsets import get_evalset
+
+        with session_scope(settings) as session:
+            evalset = get_evalset(session, source["evalset"])
+        return GateQueries(evalset.collection, evalset.queries, evalset.qrels, evalset.level, f"evaluation set '{evalset.name}'")
+    held_out = version_held_out(version)
+    data = load_split(held_out.directory, held_out.split)
+    queries = {q: t for q, t in data.queries.items() if q in held_out.queries}
+    collection = ensure_eval_collection(held_out.directory, settings)
+    return GateQueries(collection, queries, data.qrels, "doc", f"held-out '{held_out.split}' queries")
+
+
+def trained_queries(version: VersionInfo, settings: Settings) -> set[str]:
+    """`query_key`s of the questions a version trained on."""
+    source = version.params.get("eval") or {}
+    if "evalset" in source:
+        from citeloop.db import session_scope
+        from feedback.trainset import load_snapshot
+
+        with session_scope(settings) as session:
+            return {r.query_id for r in load_snapshot(session, version.snapshot_id).rows}
+    held_out = version_held_out(version)
+    data = load_split(held_out.directory, held_out.split)
+    return {query_key(t) for q, t in data.queries.items() if q not in held_out.queries}
+
+
+def run_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
+    """The candidate against hybrid retrieval and, when another reranker is active, against it too, on the
+    candidate's evaluation queries (for the active one: those of them it never trained on). nDCG@10 gains come
+    with their paired bootstrap interval (CITELOOP_GATE_MIN_CI_LOWER)."""
+    settings = settings or get_settings()
+    target = gate_queries(version, settings)
+
+    def decide(candidate: dict, baseline: dict, name: str) -> GateDecision:
+        decision = gate_decision(
+            candidate, baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop,
+            settings.gate_min_ci_lower if settings.gate_require_ci else None, settings.gate_confidence,
+        )
+        return replace(decision, reason=f"{target.name}, {len(candidate.get('per_query', ()))} queries: {decision.reason}")
+
+    def evaluate(stages: list[str], model: VersionInfo, queries: dict[str, str]) -> dict:
+        return evaluate_collection(
+            target.collection, queries, target.qrels, stages, settings, target.level, show_progress, reranker=model, per_query=True
+        )
 
     active = active_version(version.collection, "reranker", settings)
-    if active is None or active.id == version.id:
-        candidate = evaluate(["hybrid", "rerank"], version, held_out.queries)
-        return gate_decision(candidate["rerank"], candidate["hybrid"], "hybrid retrieval", settings.gate_min_ndcg_gain, settings.gate_max_recall_drop)
-    name = f"active reranker {active.id}"
-    queries = held_out.queries
-    other = version_held_out(active)
-    if (other.directory, other.split) == (held_out.directory, held_out.split):
-        # Another held-out slice (fold or share): the active model trained on part of the candidate's.
-        queries = queries & other.queries
-    if not queries:
-        reason = f"no held-out query is unseen by both the candidate and {name} (different held-out folds): nothing fair to compare on"
-        return GateDecision(False, reason, {}, {}, name)
-    candidate, baseline = evaluate(["rerank"], version, queries)["rerank"], evaluate(["rerank"], active, queries)["rerank"]
-    return gate_decision(candidate, baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop)
+    if active is not None and active.id != version.id:
+        name = f"active reranker {active.id}"
+        seen = trained_queries(active, settings)
+        unseen = {q: t for q, t in target.queries.items() if query_key(t) not in seen}
+        if not unseen:
+            reason = f"no evaluation query is unseen by both the candidate and {name}: nothing fair to compare on"
+            return GateDecision(False, reason, {}, {}, name)
+    scores = evaluate(["hybrid", "rerank"], version, target.queries)
+    versus_hybrid = decide(scores["rerank"], scores["hybrid"], "hybrid retrieval")
+    if active is None or active.id == version.id or not versus_hybrid.passed:
+        return versus_hybrid
+    candidate = scores["rerank"] if len(unseen) == len(target.queries) else evaluate(["rerank"], version, unseen)["rerank"]
+    return decide(candidate, evaluate(["rerank"], active, unseen)["rerank"], name)
 
 
 @dataclass
@@ -134,25 +190,96 @@ def train_from_beir(
     args = args or RerankerTrainingArgs()
     directory = Path(directory).resolve()
     beir = beir_examples(directory, split, settings, show_progress)
-    collection, examples = beir.collection, beir.examples
+    source = {"beir": str(directory), "split": split, "holdout": settings.eval_holdout, "fold": settings.eval_holdout_fold}
+    return _train_gate_promote(beir.collection, beir.examples, None, source, args, settings, promote_if_better, show_progress, actor, beir.retriever)
+
+
+def train_from_feedback(
+    collection: str,
+    args: RerankerTrainingArgs | None = None,
+    settings: Settings | None = None,
+    promote_if_better: bool = False,
+    show_progress: bool = False,
+    actor: str = "cli",
+    reporter=None,
+    until: datetime | None = None,
+) -> LoopReport:
+    """Train a candidate on the collection's stored feedback (a snapshot of its training set), gate it on the
+    collection's latest uploaded evaluation set, else on the held-out share of the judged questions (saved as an
+    evaluation set of the collection); `promote_if_better` as for `train_from_beir`. `reporter`: a job's
+    `JobReporter` (progress, log, cancellation); `until`: only events created up to then."""
+    stage = reporter.stage if reporter else (lambda message, progress: None)
+    from citeloop.db import session_scope
+    from feedback.evalsets import TRAINING_AUTHOR, add_evalset, list_evalsets
+    from feedback.pii import feedback_scrubber
+    from feedback.trainset import TrainingSetError, build_training_set, examples_from_rows, held_out_evalset, save_snapshot
+
+    settings = settings or get_settings()
+    args = args or RerankerTrainingArgs()
+    stage("building the training set from stored feedback", 0.02)
+    retriever = CollectionRetriever(collection, settings)
+    scrub = feedback_scrubber(retriever)
+    with session_scope(settings) as session:
+        uploaded = list_evalsets(session, collection, uploaded_only=True)
+        excluded = set().union(*(s.query_keys for s in uploaded))
+        training_set = build_training_set(
+            session, collection, scrub, settings.eval_holdout, settings.training_min_queries, excluded, until
+        )
+        snapshot = save_snapshot(session, collection, "reranker", training_set)
+        if uploaded:
+            evalset = uploaded[-1]
+        else:
+            queries, qrels = held_out_evalset(training_set)
+            if not queries:
+                raise TrainingSetError(
+                    f"no judged question of collection '{collection}' fell in the evaluation share: judge more questions, "
+                    "or upload an evaluation set (citeloop evalsets add)"
+                )
+            evalset = add_evalset(session, collection, f"held-out {snapshot.id}", queries, qrels, "chunk", f"{TRAINING_AUTHOR}{snapshot.id}")
+    source = {"evalset": evalset.id, "snapshot": snapshot.id, "counts": snapshot.counts, "dropped": snapshot.dropped}
+    stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} rows, {snapshot.counts['labelled_queries']} questions; gate on '{evalset.name}'", 0.05)
+    examples = examples_from_rows(snapshot.rows)
+    callbacks = [reporter.training_callback(0.1, 0.85)] if reporter else None
+    return _train_gate_promote(
+        collection, examples, snapshot.id, source, args, settings, promote_if_better, show_progress, actor, retriever, callbacks, stage
+    )
+
+
+def _train_gate_promote(
+    collection: str,
+    examples: list[TrainingExample],
+    snapshot_id: str | None,
+    eval_source: dict,
+    args: RerankerTrainingArgs,
+    settings: Settings,
+    promote_if_better: bool,
+    show_progress: bool,
+    actor: str,
+    retriever: CollectionRetriever | None = None,
+    callbacks: list | None = None,
+    stage=lambda message, progress: None,
+) -> LoopReport:
+    """Train, register the candidate (recording its training data and evaluation queries), gate, maybe promote.
+    `snapshot_id`: the stored training snapshot; None: the examples' own sha256 identifies them."""
     parent = active_version(collection, "reranker", settings)
     staging = models_dir(settings) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=staging))
     try:
-        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, beir.retriever)
+        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, retriever, callbacks)
         version = register_candidate(
             trained.path,
             collection,
             "reranker",
-            trained.snapshot.sha256,
-            params=asdict(args) | {"eval": {"beir": str(directory), "split": split, "holdout": settings.eval_holdout, "fold": settings.eval_holdout_fold}},
+            snapshot_id or trained.snapshot.sha256,
+            params=asdict(args) | {"eval": eval_source},
             metrics=trained.metrics,
             parent_id=parent.id if parent else None,
             settings=settings,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    stage(f"candidate {version.id} registered; gating it", 0.88)
     decision = run_gate(version, settings, show_progress)
     record_metrics(version.id, {"gate": gate_record(decision)}, settings)
     promoted = False

@@ -18,6 +18,7 @@ from citeloop.db import AnswerRecord, Collection, FeedbackRecord, SearchRecord, 
 from citeloop.errors import NotFoundError
 from citeloop.keys import Principal
 from feedback.events import FeedbackEvent, FeedbackKind
+from feedback.trainset import erase_from_snapshots
 from generation.pipeline import Answer, context_dict
 from retrieval.retriever import RetrievedChunk
 
@@ -195,8 +196,8 @@ def export_rows(session: Session, collection: str, since: datetime | None = None
 def erase_actor(session: Session, actor: str, caller: Principal) -> dict[str, dict[str, int]]:
     """Right to erasure, in the collections the caller reaches: the person's events, answers and searches,
     and other people's events about the person's answers and searches (they repeat the question). Returns
-    the counts erased per collection, for the collections where something was. Training snapshots are built
-    from the events table, so later snapshots cannot contain any of it."""
+    the counts erased per collection, for the collections where something was. Training snapshots lose the rows
+    resolved from those events in the same transaction, and the models trained on them are marked."""
     erased = {}
     for cid, name in session.execute(select(Collection.id, Collection.name).order_by(Collection.name)).all():
         if caller.reaches(name):
@@ -210,10 +211,12 @@ def _erase_in_collection(session: Session, actor: str, cid: int) -> dict[str, in
     answer_ids = select(AnswerRecord.id).where(AnswerRecord.collection_id == cid, AnswerRecord.actor == actor)
     search_ids = select(SearchRecord.id).where(SearchRecord.collection_id == cid, SearchRecord.actor == actor)
     about_actor = (FeedbackRecord.actor == actor) | FeedbackRecord.answer_id.in_(answer_ids) | FeedbackRecord.search_id.in_(search_ids)
+    erased_ids = set(session.scalars(select(FeedbackRecord.id).where(FeedbackRecord.collection_id == cid, about_actor)))
+    snapshot_rows = erase_from_snapshots(session, cid, erased_ids)
     events = session.execute(delete(FeedbackRecord).where(FeedbackRecord.collection_id == cid, about_actor)).rowcount
     answers = session.execute(delete(AnswerRecord).where(AnswerRecord.collection_id == cid, AnswerRecord.actor == actor)).rowcount
     searches = session.execute(delete(SearchRecord).where(SearchRecord.collection_id == cid, SearchRecord.actor == actor)).rowcount
-    return {"events": events or 0, "answers": answers or 0, "searches": searches or 0}
+    return {"events": events or 0, "answers": answers or 0, "searches": searches or 0, "snapshot_rows": snapshot_rows}
 
 
 def review_queue(session: Session, collection: str, limit: int = 50) -> list[dict[str, Any]]:

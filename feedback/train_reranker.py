@@ -81,10 +81,20 @@ def _negatives(
     return chosen
 
 
+MAX_REPEATS = 3
+
+
+def positive_repeats(weight: float, lightest: float) -> int:
+    """How many training rows a positive gets: its weight relative to the set's lightest positive, capped (a
+    curator's mark counts about three times a reliable voter's; a set of equal weights gets one row each)."""
+    return max(1, min(MAX_REPEATS, round(weight / lightest)))
+
+
 def build_training_rows(
     examples: list[TrainingExample], retriever: CollectionRetriever, args: RerankerTrainingArgs, cache_dir: Path
 ) -> list[dict]:
-    """One row per (query, positive): query, positive, negative_1..n (explicit negatives first, then mined)."""
+    """Rows of query, positive, negative_1..n (explicit negatives first, heaviest first, then mined): one per
+    (query, positive), repeated by the positive's weight (`positive_repeats`)."""
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
@@ -93,15 +103,23 @@ def build_training_rows(
     texts = [index_text(r.title, r.text) for r in rows]
     vectors = retriever.vectors()
     embedder = load_embedder(retriever.settings)
-    pairs = [(e, row_of[p.chunk_id]) for e in examples for p in e.positives if p.chunk_id in row_of]
+    lightest = min((p.weight for e in examples for p in e.positives), default=1.0)
+    pairs = [
+        (e, row_of[p.chunk_id])
+        for e in examples
+        for p in e.positives
+        if p.chunk_id in row_of
+        for _ in range(positive_repeats(p.weight, lightest))
+    ]
     if not pairs:
         raise TrainingDataError("none of the examples' positive chunks is in the collection's index")
     # The collection's vectors are exactly what the embedder gives these texts: hand them to the miner's
     # cache instead of embedding the corpus a second time (a different cache key just means a recompute).
     _seed_miner_cache(cache_dir, embedder.model, texts, vectors)
     depth = 4 * args.hard_negatives + 8
+    unique = list(dict.fromkeys(pairs))
     mined = mine_hard_negatives(
-        Dataset.from_dict({"query": [e.query for e, _ in pairs], "positive": [texts[p] for _, p in pairs]}),
+        Dataset.from_dict({"query": [e.query for e, _ in unique], "positive": [texts[p] for _, p in unique]}),
         embedder.model,
         corpus=texts,
         range_max=depth,
@@ -175,6 +193,7 @@ def train_reranker(
     settings: Settings | None = None,
     show_progress: bool = False,
     retriever: CollectionRetriever | None = None,  # the caller's, when it already loaded the collection
+    callbacks: list | None = None,  # transformers TrainerCallbacks: a job's progress and cancellation
 ) -> TrainedReranker:
     args = args or RerankerTrainingArgs()
     settings = settings or get_settings()
@@ -187,7 +206,7 @@ def train_reranker(
     train_examples, val_examples = split_examples(list(snapshot.examples), args.validation_fraction, args.seed)
     work = Path(tempfile.mkdtemp(prefix="citeloop-train-"))
     try:
-        return _train(snapshot, train_examples, val_examples, retriever, output_dir, work, args, settings, show_progress)
+        return _train(snapshot, train_examples, val_examples, retriever, output_dir, work, args, settings, show_progress, callbacks)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # checkpoints: the best one is saved into the artifact
 
@@ -202,10 +221,11 @@ def _train(
     args: RerankerTrainingArgs,
     settings: Settings,
     show_progress: bool,
+    callbacks: list | None,
 ) -> TrainedReranker:
     train_rows = build_training_rows(train_examples, retriever, args, work / "miner-cache")
     samples = validation_samples(val_examples, retriever, settings.rerank_top_n)
-    fitted = fit_cross_encoder(train_rows, samples, args, MINILM.verified_path(), work, show_progress)
+    fitted = fit_cross_encoder(train_rows, samples, args, MINILM.verified_path(), work, show_progress, callbacks)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     fitted.model.save_pretrained(str(output_dir / CROSS_ENCODER_DIR))

@@ -91,3 +91,28 @@ def tiny_beir(tmp_path_factory) -> Path:
         fh.write("query-id\tcorpus-id\tscore\n")
         fh.writelines(f"{q}\t{d}\t1\n" for q, docs in chosen.items() for d in docs)
     return root
+
+
+def judge_against_qrels(settings: Settings, beir: Path, split: str = "test", k: int = 5) -> str:
+    """The BEIR directory's evaluation collection, with each query's top-k hybrid results judged against its
+    qrels by a curator key (stored events, as the API stores them). Returns the collection's name."""
+    from citeloop.db import session_scope
+    from citeloop.keys import Principal
+    from eval.beir import load_split
+    from eval.retrieval import ensure_eval_collection
+    from feedback.store import record_event, save_search
+    from retrieval.retriever import CollectionRetriever
+
+    curator = Principal("curator", "curator", ("*",))
+    collection = ensure_eval_collection(beir, settings)
+    data = load_split(beir, split)
+    retriever = CollectionRetriever(collection, settings)
+    with session_scope(settings) as session:
+        for qid, text in data.queries.items():
+            hits = retriever.search(text, k=k, mode="hybrid")
+            search = save_search(session, collection, text, hits, {"reranker": "none"}, curator.name)
+            session.flush()
+            for hit in hits:
+                kind = "relevant" if hit.doc_id in data.qrels[qid] else "not_relevant"
+                record_event(session, kind, curator, search_id=search.id, chunk_id=hit.chunk_id)
+    return collection

@@ -121,11 +121,11 @@ def test_erasure_touches_only_the_collections_the_caller_reaches(site):
     erased = site.client("alpha-admin").erase("cur")
     assert [r["kind"] for r in _export(root, "beta") if r["actor"] == "cur"] == ["relevant"]
     assert not [r for r in _export(root, "alpha") if r["actor"] == "cur"]
-    assert erased["collections"] == [{"collection": "alpha", "events": 1, "answers": 0, "searches": 1}]
+    assert erased["collections"] == [{"collection": "alpha", "events": 1, "answers": 0, "searches": 1, "snapshot_rows": 0}]
     assert (erased["events"], erased["answers"], erased["searches"]) == (1, 0, 1)
 
     erased = root.erase("cur")
-    assert erased["collections"] == [{"collection": "beta", "events": 1, "answers": 0, "searches": 1}]
+    assert erased["collections"] == [{"collection": "beta", "events": 1, "answers": 0, "searches": 1, "snapshot_rows": 0}]
     assert not [r for r in _export(root, "beta") if r["actor"] == "cur"]
 
 

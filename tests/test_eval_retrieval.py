@@ -1,11 +1,12 @@
 """`citeloop eval retrieval` on a small BEIR directory built from real SciFact claims."""
 
 import json
+import shutil
 
 import pytest
 
 from eval.beir import BeirFormatError, load_split
-from eval.retrieval import evaluate_retrieval, score_runs
+from eval.retrieval import ensure_eval_collection, evaluate_retrieval, score_runs
 
 
 def test_metrics_json_shape_and_quality(tiny_beir, sqlite_settings):
@@ -22,6 +23,14 @@ def test_metrics_json_shape_and_quality(tiny_beir, sqlite_settings):
     again = evaluate_retrieval(tiny_beir, "test", ["bm25"], sqlite_settings)
     assert again["bm25"] == metrics["bm25"]
     json.dumps(metrics)
+
+
+def test_the_same_corpus_in_another_folder_is_the_same_collection(tiny_beir, sqlite_settings, tmp_path):
+    other = tmp_path / "other-queries"
+    shutil.copytree(tiny_beir, other)
+    (other / "qrels" / "test.tsv").write_text("\n".join((tiny_beir / "qrels" / "test.tsv").read_text().splitlines()[:6]) + "\n")
+    assert ensure_eval_collection(other, sqlite_settings) == ensure_eval_collection(tiny_beir, sqlite_settings)
+    assert evaluate_retrieval(other, "test", ["bm25"], sqlite_settings)["bm25"]["queries"] < 40
 
 
 def test_score_runs_against_hand_computed_values():

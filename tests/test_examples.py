@@ -1,48 +1,8 @@
-"""Labelled signals -> training examples: strengths, precedence, snapshots, the held-out split."""
+"""BEIR qrels -> training examples, snapshots, the held-out split."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
-import pytest
-
-from feedback.events import FeedbackEvent
-from feedback.examples import STRONG, WEAK, ExampleSnapshot, Labelled, examples_from_events, examples_from_qrels, is_holdout
-
-T0 = datetime(2026, 11, 27, tzinfo=timezone.utc)
-
-
-def event(kind, minutes=0, query="How do I open a file?", **fields):
-    return FeedbackEvent(id=f"e{kind}{minutes}", kind=kind, collection="docs", query=query, actor="ana", created_at=T0 + timedelta(minutes=minutes), **fields)
-
-
-def test_event_strengths_and_precedence():
-    examples = examples_from_events(
-        [
-            event("thumbs_up", 0, cited=("c1", "c2")),
-            event("not_relevant", 1, chunk_id="c2"),  # strong beats the earlier weak positive
-            event("thumbs_down", 2, query="how do I  OPEN a file?", cited=("c3",)),  # same question, other spelling
-            event("relevant", 3, chunk_id="c4"),
-            event("thumbs_down", 4, cited=("c4",)),  # weak never overrides strong, even later
-            event("citation_flag", 5, chunk_id="c5", reason="does not say that"),
-            event("correction", 6, correction="Use open()."),  # generator data, not reranker data
-            event("thumbs_up", 0, query="only negatives here?", cited=()),
-        ]
-    )
-    assert len(examples) == 1
-    (example,) = examples
-    assert example.source == "feedback"
-    assert set(example.positives) == {Labelled("c1", WEAK), Labelled("c4", STRONG)}
-    assert set(example.negatives) == {Labelled("c2", STRONG), Labelled("c3", WEAK), Labelled("c5", STRONG)}
-
-
-def test_events_validate_their_shape():
-    with pytest.raises(ValueError, match="needs the chunk_id"):
-        event("relevant")
-    with pytest.raises(ValueError, match="unknown feedback kind"):
-        event("love")
-    with pytest.raises(ValueError, match="corrected answer"):
-        event("correction")
+from feedback.examples import ExampleSnapshot, examples_from_qrels, is_holdout
 
 
 def test_qrels_become_chunk_examples_and_snapshots_round_trip(tmp_path):

@@ -6,11 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import create_engine, update
+from sqlalchemy import JSON, column, create_engine, insert, table, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from citeloop.db import Collection, ModelVersion, session_scope
+from citeloop.db import ModelVersion, session_scope
 from citeloop.migrate import upgrade
 from citeloop.registry import (
     CorruptArtifactError,
@@ -158,16 +157,24 @@ def test_upgrade_builds_the_history_of_a_database_from_before_it(settings, tmp_p
     upgrade(engine, "0003")
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
     promoted = {"a": ("retired", PASSED), "b": ("active", {}), "c": ("retired", PASSED)}
-    with Session(engine) as session, session.begin():
-        docs, other = Collection(name="docs"), Collection(name="other")
-        session.add_all([docs, other])
-        session.flush()
-        for i, (name, (status, metrics)) in enumerate(promoted.items()):
-            path = _artifact(tmp_path, name)
-            session.add(_version(f"rer-{name}", docs.id, "reranker", status, path, metrics, start + timedelta(days=i)))
-        session.add(_version("rer-new", docs.id, "reranker", "candidate", _artifact(tmp_path, "new"), {}, None))
-        for i, name in enumerate(["gen-x", "gen-y"]):
-            session.add(_version(name, other.id, "generator", "active", _artifact(tmp_path, name), {}, start + timedelta(days=i)))
+    # Rows written as that revision's schema had them (the ORM models describe the latest schema).
+    collections = table("collections", column("id"), column("name"), column("created_at"))
+    plain = ("id", "collection_id", "kind", "status", "parent_id", "path", "artifact_sha256", "snapshot_id", "created_at", "promoted_at")
+    versions = table("model_versions", *(column(c) for c in plain), column("params", JSON), column("metrics", JSON))
+
+    def version(version_id, collection_id, kind, status, path, metrics, promoted_at):
+        return dict(
+            id=version_id, collection_id=collection_id, kind=kind, status=status, parent_id=None, path=str(path),
+            artifact_sha256=artifact_sha256(path), snapshot_id="s" * 64, params={}, metrics=metrics,
+            created_at=start, promoted_at=promoted_at,
+        )
+
+    with engine.begin() as conn:
+        conn.execute(insert(collections), [{"id": 1, "name": "docs", "created_at": start}, {"id": 2, "name": "other", "created_at": start}])
+        rows = [version(f"rer-{name}", 1, "reranker", status, _artifact(tmp_path, name), metrics, start + timedelta(days=i)) for i, (name, (status, metrics)) in enumerate(promoted.items())]
+        rows.append(version("rer-new", 1, "reranker", "candidate", _artifact(tmp_path, "new"), {}, None))
+        rows += [version(name, 2, "generator", "active", _artifact(tmp_path, name), {}, start + timedelta(days=i)) for i, name in enumerate(["gen-x", "gen-y"])]
+        conn.execute(insert(versions), rows)
     upgrade(engine)
     engine.dispose()
 
@@ -185,16 +192,22 @@ def test_upgrade_builds_the_history_of_a_database_from_before_it(settings, tmp_p
     assert [(d.from_version, d.to_version) for d in deployment_history("other", "generator", settings)] == [(None, "gen-x"), ("gen-x", "gen-y")]
 
 
-def _version(version_id, collection_id, kind, status, path, metrics, promoted_at):
-    return ModelVersion(
-        id=version_id, collection_id=collection_id, kind=kind, status=status, path=str(path),
-        artifact_sha256=artifact_sha256(path), snapshot_id="s" * 64, params={}, metrics=metrics, promoted_at=promoted_at,
-    )
-
-
 def test_gate_needs_a_margin_and_no_recall_loss():
     base = {"ndcg@10": 0.70, "recall@100": 0.95}
     assert gate_decision({"ndcg@10": 0.72, "recall@100": 0.95}, base, "hybrid", 0.005, 0.005).passed
     assert not gate_decision({"ndcg@10": 0.703, "recall@100": 0.95}, base, "hybrid", 0.005, 0.005).passed
     refused = gate_decision({"ndcg@10": 0.75, "recall@100": 0.90}, base, "hybrid", 0.005, 0.005)
     assert not refused.passed and "Recall@100" in refused.reason
+
+
+def test_gate_refuses_a_gain_whose_paired_bootstrap_interval_reaches_zero():
+    base = {"ndcg@10": 0.5, "recall@100": 0.9, "per_query": {str(q): 0.5 for q in range(10)}}
+    # The mean gain (+0.05) clears the margin, but one query carries it all: a lucky split, not a better model.
+    lucky = {"ndcg@10": 0.55, "recall@100": 0.9, "per_query": {str(q): 0.5 for q in range(9)} | {"9": 1.0}}
+    refused = gate_decision(lucky, base, "hybrid", 0.005, 0.005, min_ci_lower=0.0)
+    assert not refused.passed and refused.ci_low <= 0 < refused.gain and "lower bound" in refused.reason
+    assert gate_decision(lucky, base, "hybrid", 0.005, 0.005, min_ci_lower=None).passed  # configurable off
+    steady = {"ndcg@10": 0.55, "recall@100": 0.9, "per_query": {str(q): 0.55 + (0.01 if q % 2 else -0.01) for q in range(10)}}
+    passed = gate_decision(steady, base, "hybrid", 0.005, 0.005, min_ci_lower=0.0)
+    assert passed.passed and 0 < passed.ci_low <= passed.gain <= passed.ci_high
+    assert "per_query" not in passed.candidate  # the record keeps the means only

@@ -1,4 +1,4 @@
-"""Collections and their documents: create and list collections, ingest and delete documents (admin keys)."""
+"""Collections and their documents: create, list and configure collections, ingest and delete documents (admin keys)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Admin, Reader, ServicesDep, reach
 from api.errors import ERRORS, ApiError
-from api.schemas import CollectionCreate, CollectionInfo, DeleteResult, DocumentsIn, ErrorResponse, IngestResult
+from api.schemas import CollectionCreate, CollectionInfo, CollectionSettings, DeleteResult, DocumentsIn, ErrorResponse, IngestResult, TrainingSettings
 from api.services import Services
 from citeloop.db import Collection, get_collection, session_scope
 from citeloop.errors import NotFoundError
@@ -53,6 +53,15 @@ def get_collections(caller: Reader, services: ServicesDep) -> list[CollectionInf
         for c in list_collections(services.settings)
         if caller.reaches(c.name)
     ]
+
+
+@router.patch("/v1/collections/{collection}", response_model=CollectionSettings, responses=ERRORS)
+def update_collection(collection: str, body: TrainingSettings, caller: Admin, services: ServicesDep) -> CollectionSettings:
+    from citeloop.catalog import set_collection_training_opt_out
+
+    reach(caller, collection)
+    set_collection_training_opt_out(collection, body.training_opt_out, services.settings)
+    return CollectionSettings(name=collection, training_opt_out=body.training_opt_out)
 
 
 @router.post("/v1/collections/{collection}/documents", response_model=IngestResult, responses=ERRORS | {413: {"model": ErrorResponse}}, openapi_extra=DOCUMENTS_BODY)

@@ -53,6 +53,7 @@ def erase(key_name: Annotated[str, Query(min_length=1)], caller: Admin, services
         events=sum(c.events for c in per_collection),
         answers=sum(c.answers for c in per_collection),
         searches=sum(c.searches for c in per_collection),
+        snapshot_rows=sum(c.snapshot_rows for c in per_collection),
         collections=per_collection,
     )
 

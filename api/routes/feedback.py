@@ -15,6 +15,7 @@ from api.schemas import CorrectionRequest, EventAck, FlagRequest, JudgementReque
 from api.services import Services
 from citeloop.db import session_scope
 from citeloop.keys import Principal
+from feedback.jobs import maybe_trigger
 from feedback.store import record_event, review_queue
 
 router = APIRouter(tags=["feedback"])
@@ -61,4 +62,5 @@ def _event(services: Services, caller: Principal, kind: str, **fields) -> EventA
     with session_scope(services.settings) as session:
         event = record_event(session, kind, caller, **fields)
     metrics.FEEDBACK.labels(kind).inc()
+    maybe_trigger(event.collection, services.settings)  # queues a training job past CITELOOP_TRAINING_AUTO_EVENTS
     return EventAck(event_id=event.id, kind=event.kind, created_at=event.created_at.isoformat())

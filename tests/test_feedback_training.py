@@ -1,0 +1,71 @@
+"""A reranker trained from stored feedback on a real (tiny) SciFact collection: a curator's judgements of search
+results become a snapshot, the candidate records it and is gated on an evaluation set it never trained on (the
+held-out share, or an uploaded set whose questions training leaves out). Smoke-sized training; gains are
+measured by `citeloop eval feedback-loop` (bench/)."""
+
+from __future__ import annotations
+
+import pytest
+
+from citeloop.config import Settings
+from citeloop.db import session_scope
+from eval.beir import load_split
+from feedback.cross_encoder_trainer import RerankerTrainingArgs
+from feedback.evalsets import EvalSetError, add_evalset, evalset_from_rows, get_evalset
+from feedback.examples import query_key
+from feedback.reranker_loop import train_from_feedback
+from feedback.trainset import load_snapshot
+from tests.conftest import judge_against_qrels
+
+SMOKE = RerankerTrainingArgs(epochs=1, max_steps=2, batch_size=4, hard_negatives=2, random_negatives=1, max_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory, tiny_beir):
+    """The tiny SciFact collection with every test claim's top 5 hybrid results judged against the qrels."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("var"), rerank_max_tokens=64, rerank_top_n=10)
+    return settings, judge_against_qrels(settings, tiny_beir), load_split(tiny_beir, "test")
+
+
+def test_a_reranker_trains_on_a_snapshot_of_the_feedback_and_is_gated_on_questions_it_never_saw(judged):
+    settings, collection, data = judged
+    report = train_from_feedback(collection, SMOKE, settings)
+    version = report.version
+    with session_scope(settings) as session:
+        snapshot = load_snapshot(session, version.snapshot_id)
+        evalset = get_evalset(session, version.params["eval"]["evalset"])
+    assert snapshot.counts["events_relevant"] > 0 and snapshot.counts["curator_negative"] > 0
+    assert version.params["eval"]["snapshot"] == snapshot.id and version.params["eval"]["counts"] == snapshot.counts
+    assert evalset.level == "chunk" and evalset.created_by == f"training:{snapshot.id}"
+    assert evalset.query_keys and not evalset.query_keys & {r.query_id for r in snapshot.rows}
+    gate = version.metrics["gate"]
+    assert gate["baseline_name"] == "hybrid retrieval" and gate["ci_low"] <= gate["gain"] <= gate["ci_high"]
+    assert report.promoted is False
+
+
+def test_an_uploaded_evaluation_set_gates_and_its_questions_never_train(judged):
+    settings, collection, data = judged
+    chosen = sorted(data.queries)[:10]
+    rows = [{"id": q, "user_input": data.queries[q], "reference_doc_ids": sorted(data.qrels[q])} for q in chosen]
+    queries, qrels, level = evalset_from_rows(rows)
+    with session_scope(settings) as session:
+        uploaded = add_evalset(session, collection, "curated", queries, qrels, level, "ml-team")
+    with session_scope(settings) as session, pytest.raises(EvalSetError, match="already has an evaluation set named 'curated'"):
+        add_evalset(session, collection, "curated", queries, qrels, level, "ml-team")
+    report = train_from_feedback(collection, SMOKE, settings)
+    assert report.version.params["eval"]["evalset"] == uploaded.id
+    assert report.version.params["eval"]["dropped"]["question_in_evaluation_set"] > 0
+    with session_scope(settings) as session:
+        trained_on = {r.query_id for r in load_snapshot(session, report.version.snapshot_id).rows}
+    assert not trained_on & {query_key(data.queries[q]) for q in chosen}
+    assert "evaluation set 'curated'" in report.version.metrics["gate"]["reason"]
+
+
+def test_evaluation_sets_name_only_what_the_collection_has(judged):
+    settings, collection, _ = judged
+    with pytest.raises(EvalSetError, match="reference_doc_ids"):
+        evalset_from_rows([{"user_input": "a question"}])
+    with pytest.raises(EvalSetError, match="mixes document and chunk"):
+        evalset_from_rows([{"user_input": "q", "reference_doc_ids": ["1"]}, {"user_input": "r", "reference_chunk_ids": ["c"]}])
+    with session_scope(settings) as session, pytest.raises(EvalSetError, match="not in collection"):
+        add_evalset(session, collection, "typo", {"1": "q"}, {"1": {"no-such-doc": 1}}, "doc", "ml-team")
