@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     training_auto_events: int = Field(
         0, ge=0, description="Queue a reranker job when a collection has this many new judgements and votes since its last job (0: off)."
     )
+    reranker_base: str = Field(
+        "none",
+        description="Warm start of rerankers trained from feedback: a base trained once on bundled labelled data (scifact, covidqa, scifact+covidqa), or none (the bare MiniLM).",
+    )
     training_min_queries: int = Field(
         20, ge=1, description="Judged questions with a relevant chunk (outside the evaluation share) a training set from feedback needs."
     )

@@ -30,6 +30,7 @@ DOMAIN_ERRORS: dict[str, tuple[str, ...]] = {
     "feedback.trainset": ("TrainingSetError",),
     "feedback.evalsets": ("EvalSetError",),
     "feedback.jobs": ("JobError",),
+    "feedback.bases": ("BaseRerankerError",),
     "generation.engines": ("GenerationError",),
     "generation.pipeline": ("QuestionError",),
     "api.client": ("CiteloopError",),

@@ -1,4 +1,5 @@
-"""Evaluation commands: `eval qa` (answer quality) and `eval retrieval` (ranking quality per stage)."""
+"""Evaluation commands: `eval qa` (answer quality), `eval retrieval` (ranking quality per stage) and `eval
+feedback-loop` (the replay harness: what feedback buys the reranker)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from cli.errors import fail, reports_errors
 from cli.output import console
+from feedback.cross_encoder_trainer import RerankerTrainingArgs
 
 eval_app = typer.Typer(help="Evaluate retrieval and answers.", no_args_is_help=True)
 
@@ -76,3 +78,47 @@ def eval_retrieval(
     console.print(table)
     if json_out:
         _write_json(json_out, metrics)
+
+
+@eval_app.command("feedback-loop")
+@reports_errors(ValueError, RuntimeError)
+def eval_feedback_loop(
+    beir: Annotated[Path, typer.Option("--beir", help="BEIR directory whose training queries a simulated curator judges.")],
+    train_split: Annotated[str, typer.Option("--train-split", help="Qrels split of the queries the curator judges.")],
+    test_split: Annotated[str, typer.Option("--test-split", help="Qrels split evaluated before and after (the training split: its held-out share).")],
+    test_beir: Annotated[Optional[Path], typer.Option("--test-beir", help="Test queries and qrels in another folder over the same corpus.")] = None,
+    noise: Annotated[float, typer.Option("--noise", min=0.0, max=1.0, help="Share of the curator's judgements flipped.")] = 0.0,
+    curve: Annotated[str, typer.Option("--curve", help="Comma-separated query counts for the learning curve, e.g. 50,100,250.")] = "",
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Results the curator judges per query.")] = 10,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="The harness's own data directory (default: a new temporary one).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = RerankerTrainingArgs.epochs,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps per training (-1: none).")] = RerankerTrainingArgs.max_steps,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    base: Annotated[str, typer.Option("--base", help="Warm start: a base trained on bundled data (scifact, covidqa) that never saw --beir's, or none.")] = "none",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """What feedback buys: a simulated curator judges search results through a real server, a training job trains
+    a reranker from that feedback alone, and the test queries are evaluated before and after."""
+    from dataclasses import replace
+
+    from eval.feedback_loop import run_feedback_loop
+
+    try:
+        points = [int(c) for c in curve.split(",") if c.strip()]
+    except ValueError:
+        fail(f"--curve must be comma-separated query counts, not '{curve}'")
+    args = replace(RerankerTrainingArgs(), epochs=epochs, max_steps=max_steps)
+    report = run_feedback_loop(
+        beir, train_split, test_split, test_beir, noise, points, k, data_dir, args, seed, base, progress=lambda m: console.print(f"[dim]{m}[/]")
+    )
+    table = Table("", "nDCG@10", "Recall@100", "MRR@10", title=f"{report['test_queries']} test queries, {report['feedback_events']} feedback events")
+    for when in ("before", "after"):
+        for stage, m in report[when].items():
+            table.add_row(f"{when}: {stage}", f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}")
+    for point in report["curve"]:
+        m = point["rerank"]
+        table.add_row(f"rerank, feedback on {point['queries']} queries", f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}")
+    console.print(table)
+    console.print(f"job {report['job']['id']}: {report['train_seconds']} s; promoted: {report['job']['promoted']}; {report['job']['gate']['reason']}", markup=False)
+    if json_out:
+        _write_json(json_out, report)

@@ -80,6 +80,19 @@ def train_reranker_command(
         console.print("not promoted: the active model (or hybrid retrieval) keeps serving")
 
 
+@train_app.command("base")
+@reports_errors(ValueError)
+def train_base_command(
+    data: Annotated[str, typer.Option("--data", help="Bundled labelled data: scifact, covidqa, or scifact+covidqa.")] = "scifact+covidqa",
+) -> None:
+    """Build the warm-start base reranker (once; cached) that CITELOOP_RERANKER_BASE=<data> fine-tunes from."""
+    from citeloop.config import get_settings
+    from feedback.bases import build_base, parse_sources
+
+    path = build_base(parse_sources(data), get_settings(), show_progress=True, log=lambda m: console.print(f"[dim]{m}[/]"))
+    console.print(f"base reranker on {data}: {path.parent}")
+
+
 @models_app.command("list")
 def models_list(
     collection: Annotated[Optional[str], typer.Option("--collection", "-c")] = None,

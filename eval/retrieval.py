@@ -127,7 +127,8 @@ def evaluate_collection(
     reranker: VersionInfo | None = None,
     per_query: bool = False,
 ) -> dict[str, dict]:
-    """Metrics per stage of labelled queries on a collection; `level`: the qrels name documents or chunks."""
+    """Metrics per stage of labelled queries on a collection; `level`: the qrels name documents or chunks, or
+    judged chunks (scored on each ranking condensed to them: feedback/evalsets.py)."""
     from retrieval.rerank import RankedSearch
 
     check_stages(stages)
@@ -147,6 +148,8 @@ def evaluate_collection(
                     hits = ranked.search(queries[qid], k=chunk_depth, reranker=reranker).hits
                 else:
                     hits = retriever.search(queries[qid], k=chunk_depth, mode=stage, candidates=chunk_depth)
-                runs[stage][qid] = ranking(hits, RUN_DEPTH, level)
+                run = ranking(hits, len(hits), "chunk") if level == "judged" else ranking(hits, RUN_DEPTH, level)
+                # judged: the ranking condensed to the judged chunks, in order
+                runs[stage][qid] = {c: v for c, v in run.items() if c in qrels[qid]} if level == "judged" else run
             advance(1)
     return score_runs(qrels, runs, per_query)

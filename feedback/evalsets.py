@@ -1,7 +1,7 @@
 """Evaluation sets of a collection: labelled queries its models are gated on and never trained on.
 
 A set is uploaded (BEIR queries + qrels naming documents, or ragas-style rows with `reference_doc_ids` /
-`reference_chunk_ids`), or saved by a training run from the held-out share of the judged questions (chunk level).
+`reference_chunk_ids`), or saved by a training run from the held-out share of the judged questions (`judged`).
 Training from feedback leaves out every question that is in one of the collection's uploaded sets.
 """
 
@@ -20,7 +20,10 @@ from sqlalchemy.orm import Session
 from citeloop.db import Chunk, Collection, Document, EvalSet, get_collection
 from feedback.examples import query_key
 
-LEVELS = ("doc", "chunk")
+# doc / chunk: the qrels name relevant documents or chunks, and everything else ranked counts as not relevant.
+# judged: chunk ids with their judgement (1 relevant, 0 not), scored on the ranking condensed to the judged chunks
+# (Sakai, 2007): feedback judges only what was shown, so an unjudged chunk is unknown, not irrelevant.
+LEVELS = ("doc", "chunk", "judged")
 
 
 class EvalSetError(ValueError):
@@ -90,8 +93,9 @@ def add_evalset(
     name = name.strip()
     if not name:
         raise EvalSetError("an evaluation set needs a name")
-    qrels = {q: {str(i): int(g) for i, g in r.items() if int(g) > 0} for q, r in qrels.items()}
-    qrels = {q: r for q, r in qrels.items() if r}
+    keep_zero = level == "judged"
+    qrels = {q: {str(i): int(g) for i, g in r.items() if int(g) > 0 or (keep_zero and int(g) == 0)} for q, r in qrels.items()}
+    qrels = {q: r for q, r in qrels.items() if any(g > 0 for g in r.values())}
     missing = sorted(set(qrels) - set(queries))
     if missing:
         raise EvalSetError(f"{len(missing)} judged query ids have no query text (e.g. '{missing[0]}')")
@@ -100,7 +104,7 @@ def add_evalset(
         raise EvalSetError("the set has no query with a relevant document or chunk")
     row = get_collection(session, collection)
     named = {i for r in qrels.values() for i in r}
-    if level == "doc":
+    if level == "doc":  # chunk and judged sets name chunks
         known = set(session.scalars(select(Document.doc_id).where(Document.collection_id == row.id, Document.doc_id.in_(named))))
     else:
         known = set(

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from citeloop.config import Settings, get_settings
-from citeloop.db import Collection, FeedbackRecord, TrainingJob, get_collection, session_scope, utcnow
+from citeloop.db import Collection, FeedbackRecord, TrainingJob, as_utc, get_collection, session_scope, utcnow
 from citeloop.errors import NotFoundError
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
 
@@ -193,7 +193,7 @@ def reap_stale_jobs(settings: Settings) -> int:
             worker_host, _, pid = (row.worker or "").rpartition(":")
             dead = worker_host == host and pid.isdigit() and not _alive(int(pid))
             beat = row.heartbeat_at or row.started_at
-            silent = beat is not None and _aware(beat) < stale_before
+            silent = beat is not None and as_utc(beat) < stale_before
             if dead or silent:
                 why = f"worker {row.worker} is no longer running" if dead else f"no heartbeat from worker {row.worker} since {beat:%H:%M:%S}"
                 _finish(row, "failed", f"the job stopped mid-run: {why}; the active models were not changed")
@@ -355,10 +355,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes for timezone-aware columns: they are UTC."""
-    from datetime import timezone
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

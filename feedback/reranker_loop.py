@@ -235,13 +235,22 @@ def train_from_feedback(
                     f"no judged question of collection '{collection}' fell in the evaluation share: judge more questions, "
                     "or upload an evaluation set (citeloop evalsets add)"
                 )
-            evalset = add_evalset(session, collection, f"held-out {snapshot.id}", queries, qrels, "chunk", f"{TRAINING_AUTHOR}{snapshot.id}")
+            evalset = add_evalset(session, collection, f"held-out {snapshot.id}", queries, qrels, "judged", f"{TRAINING_AUTHOR}{snapshot.id}")
     source = {"evalset": evalset.id, "snapshot": snapshot.id, "counts": snapshot.counts, "dropped": snapshot.dropped}
+    base = None
+    if settings.reranker_base != "none":
+        from feedback.bases import build_base, parse_sources, warm_start_args
+
+        sources = parse_sources(settings.reranker_base)
+        stage(f"warm start from the base trained on {'+'.join(sources)} (built once)", 0.03)
+        base = build_base(sources, settings, show_progress, log=lambda message: stage(message, 0.03))
+        args = warm_start_args(args)
+        source["base"] = "+".join(sources)
     stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} rows, {snapshot.counts['labelled_queries']} questions; gate on '{evalset.name}'", 0.05)
     examples = examples_from_rows(snapshot.rows)
     callbacks = [reporter.training_callback(0.1, 0.85)] if reporter else None
     return _train_gate_promote(
-        collection, examples, snapshot.id, source, args, settings, promote_if_better, show_progress, actor, retriever, callbacks, stage
+        collection, examples, snapshot.id, source, args, settings, promote_if_better, show_progress, actor, retriever, callbacks, stage, base
     )
 
 
@@ -258,6 +267,7 @@ def _train_gate_promote(
     retriever: CollectionRetriever | None = None,
     callbacks: list | None = None,
     stage=lambda message, progress: None,
+    base_model: Path | None = None,
 ) -> LoopReport:
     """Train, register the candidate (recording its training data and evaluation queries), gate, maybe promote.
     `snapshot_id`: the stored training snapshot; None: the examples' own sha256 identifies them."""
@@ -266,7 +276,7 @@ def _train_gate_promote(
     staging.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=staging))
     try:
-        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, retriever, callbacks)
+        trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, retriever, callbacks, base_model)
         version = register_candidate(
             trained.path,
             collection,

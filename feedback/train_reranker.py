@@ -194,6 +194,7 @@ def train_reranker(
     show_progress: bool = False,
     retriever: CollectionRetriever | None = None,  # the caller's, when it already loaded the collection
     callbacks: list | None = None,  # transformers TrainerCallbacks: a job's progress and cancellation
+    base_model: Path | None = None,  # a warm-start cross-encoder (feedback/bases.py); default the bare MiniLM
 ) -> TrainedReranker:
     args = args or RerankerTrainingArgs()
     settings = settings or get_settings()
@@ -206,7 +207,8 @@ def train_reranker(
     train_examples, val_examples = split_examples(list(snapshot.examples), args.validation_fraction, args.seed)
     work = Path(tempfile.mkdtemp(prefix="citeloop-train-"))
     try:
-        return _train(snapshot, train_examples, val_examples, retriever, output_dir, work, args, settings, show_progress, callbacks)
+        base = base_model or MINILM.verified_path()
+        return _train(snapshot, train_examples, val_examples, retriever, output_dir, work, args, settings, show_progress, callbacks, base)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # checkpoints: the best one is saved into the artifact
 
@@ -222,10 +224,11 @@ def _train(
     settings: Settings,
     show_progress: bool,
     callbacks: list | None,
+    base_model: Path,
 ) -> TrainedReranker:
     train_rows = build_training_rows(train_examples, retriever, args, work / "miner-cache")
     samples = validation_samples(val_examples, retriever, settings.rerank_top_n)
-    fitted = fit_cross_encoder(train_rows, samples, args, MINILM.verified_path(), work, show_progress, callbacks)
+    fitted = fit_cross_encoder(train_rows, samples, args, base_model, work, show_progress, callbacks)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     fitted.model.save_pretrained(str(output_dir / CROSS_ENCODER_DIR))

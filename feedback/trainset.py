@@ -28,7 +28,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from citeloop.db import AnswerRecord, ApiKey, FeedbackRecord, TrainingSnapshot, get_collection
+from citeloop.db import AnswerRecord, ApiKey, FeedbackRecord, TrainingSnapshot, as_utc, get_collection
 from feedback.events import FeedbackEvent
 from feedback.examples import STRONG, WEAK, Labelled, TrainingExample, is_holdout, query_key
 
@@ -176,7 +176,7 @@ def stored_events(session: Session, collection_id: int, until: datetime | None =
     records = session.scalars(query.order_by(FeedbackRecord.created_at, FeedbackRecord.id)).all()
     return [
         FeedbackEvent(
-            id=r.id, kind=r.kind, collection="", query=r.payload["query"], actor=r.actor, created_at=r.created_at,  # type: ignore[arg-type]
+            id=r.id, kind=r.kind, collection="", query=r.payload["query"], actor=r.actor, created_at=as_utc(r.created_at),  # type: ignore[arg-type]
             answer_id=r.answer_id, search_id=r.search_id, chunk_id=r.chunk_id, contexts=tuple(r.payload.get("contexts") or ()),
             cited=tuple(r.payload.get("cited") or ()), answer=r.payload.get("answer"), correction=r.payload.get("correction"),
             reason=r.payload.get("reason"), models=dict(r.payload.get("models") or {}),
@@ -248,12 +248,13 @@ def build_training_set(
 
 
 def held_out_evalset(training_set: TrainingSet) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    """The held-out questions' relevant chunks as chunk-level (queries, qrels)."""
+    """The held-out questions with a relevant chunk, and their judged chunks (1 relevant, 0 not): a `judged` set."""
+    with_positive = {r.query_id for r in training_set.eval_rows if r.label > 0}
     queries, qrels = {}, {}
     for r in training_set.eval_rows:
-        if r.label > 0:
+        if r.query_id in with_positive:
             queries[r.query_id] = r.query
-            qrels.setdefault(r.query_id, {})[r.chunk_id] = 1
+            qrels.setdefault(r.query_id, {})[r.chunk_id] = int(r.label > 0)
     return queries, qrels
 
 

@@ -53,6 +53,9 @@ class _OfflineExportCheckFalseAlarm(logging.Filter):
 
 
 logging.getLogger("optimum.intel.openvino.modeling_base").addFilter(_OfflineExportCheckFalseAlarm())
+# Exports go to a staging folder that load_with_backend saves and renames itself: sentence-transformers' warnings
+# that it is exporting ("No 'openvino_model.xml' found") and that saving is recommended describe exactly that.
+logging.getLogger("sentence_transformers.backend.utils").setLevel(logging.ERROR)
 
 
 def load_with_backend(

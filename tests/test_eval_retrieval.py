@@ -51,3 +51,9 @@ def test_bad_beir_directories_are_named(tmp_path):
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\tx\n")
     with pytest.raises(BeirFormatError, match="test.tsv:2"):
         load_split(tmp_path, "test")
+
+
+def test_judged_not_relevant_chunks_count_as_not_relevant():
+    qrels = {"q": {"a": 1, "b": 0}}
+    assert score_runs(qrels, {"s": {"q": {"a": 2.0, "b": 1.0}}})["s"]["ndcg@10"] == pytest.approx(1.0)
+    assert score_runs(qrels, {"s": {"q": {"b": 2.0, "a": 1.0}}})["s"]["ndcg@10"] == pytest.approx(1 / 1.5849625, rel=1e-4)

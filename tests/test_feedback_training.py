@@ -5,6 +5,8 @@ measured by `citeloop eval feedback-loop` (bench/)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from citeloop.config import Settings
@@ -36,7 +38,8 @@ def test_a_reranker_trains_on_a_snapshot_of_the_feedback_and_is_gated_on_questio
         evalset = get_evalset(session, version.params["eval"]["evalset"])
     assert snapshot.counts["events_relevant"] > 0 and snapshot.counts["curator_negative"] > 0
     assert version.params["eval"]["snapshot"] == snapshot.id and version.params["eval"]["counts"] == snapshot.counts
-    assert evalset.level == "chunk" and evalset.created_by == f"training:{snapshot.id}"
+    assert evalset.level == "judged" and evalset.created_by == f"training:{snapshot.id}"
+    assert all(1 in grades.values() for grades in evalset.qrels.values()) and any(0 in g.values() for g in evalset.qrels.values())
     assert evalset.query_keys and not evalset.query_keys & {r.query_id for r in snapshot.rows}
     gate = version.metrics["gate"]
     assert gate["baseline_name"] == "hybrid retrieval" and gate["ci_low"] <= gate["gain"] <= gate["ci_high"]
@@ -69,3 +72,41 @@ def test_evaluation_sets_name_only_what_the_collection_has(judged):
         evalset_from_rows([{"user_input": "q", "reference_doc_ids": ["1"]}, {"user_input": "r", "reference_chunk_ids": ["c"]}])
     with session_scope(settings) as session, pytest.raises(EvalSetError, match="not in collection"):
         add_evalset(session, collection, "typo", {"1": "q"}, {"1": {"no-such-doc": 1}}, "doc", "ml-team")
+
+
+def test_a_reranker_fine_tunes_from_a_warm_start_base(judged, tmp_path):
+    """A trained cross-encoder (here the first test's candidate) as the base: training starts from its weights and
+    head, not from the bare MiniLM."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from feedback.train_reranker import train_reranker
+    from feedback.trainset import examples_from_rows
+
+    settings, collection, _ = judged
+    report = train_from_feedback(collection, SMOKE, settings)
+    with session_scope(settings) as session:
+        examples = examples_from_rows(load_snapshot(session, report.version.snapshot_id).rows)
+    base = report.version.path / "cross-encoder"
+    no_steps = replace(SMOKE, max_steps=1, learning_rate=1e-12, head_learning_rate=None)
+    tuned = train_reranker(collection, examples, tmp_path / "tuned", no_steps, settings, base_model=base)
+    pair = [("vitamin D and bone density", "Vitamin D deficiency lowers bone mineral density.")]
+    start, after = CrossEncoder(str(base)).predict(pair), CrossEncoder(str(tuned.path / "cross-encoder")).predict(pair)
+    assert abs(float(start[0]) - float(after[0])) < 1e-3  # a near-zero step kept the base's head and weights
+
+
+def test_base_names_and_altered_bases_are_refused(judged):
+    from feedback.bases import BaseRerankerError, base_dir, parse_sources, verified_base
+
+    settings, _, _ = judged
+    assert parse_sources("scifact+covidqa") == parse_sources("covidqa + scifact") == ("covidqa", "scifact")
+    with pytest.raises(BaseRerankerError, match="unknown base data"):
+        parse_sources("wikipedia")
+    sources = ("covidqa",)
+    isolated = settings.model_copy(update={"cache_dir": settings.data_dir / "cache"})
+    assert verified_base(sources, isolated) is None  # not built: the first training builds it
+    folder = base_dir(sources, isolated)
+    (folder / "cross-encoder").mkdir(parents=True)
+    (folder / "cross-encoder" / "model.safetensors").write_bytes(b"weights")
+    (folder / "base.json").write_text('{"sha256": "0000"}')
+    with pytest.raises(BaseRerankerError, match="altered"):
+        verified_base(sources, isolated)

@@ -255,3 +255,13 @@ def test_erasure_removes_snapshot_rows_and_marks_the_models_trained_on_them(site
     assert [r.query for r in after.rows] == ["what does document 1 explain?"] and after.erased_rows == 1
     assert get_version(version.id, settings).data_erased_at is not None
     assert [r.query for r in build(settings, holdout=0.0001).rows] == ["what does document 1 explain?"]
+
+
+def test_a_set_can_stop_at_a_point_in_time(site):
+    settings, rows = site
+    hits = shown(rows)
+    first = judge(settings, "what does document 1 explain?", hits[1:3], True)
+    judge(settings, "what does document 2 explain?", hits[2:4], True)
+    with session_scope(settings) as session:
+        early = build_training_set(session, "docs", lambda t: t, 0.0001, 1, until=first.created_at)
+    assert [r.query for r in early.rows] == ["what does document 1 explain?"] and early.last_event_at == first.created_at
