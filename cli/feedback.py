@@ -23,7 +23,7 @@ def feedback_preview(
     Nothing is stored."""
     from citeloop.config import get_settings
     from citeloop.db import session_scope
-    from feedback.evalsets import list_evalsets
+    from feedback.evalsets import list_evalsets, uploaded_query_keys
     from feedback.pii import feedback_scrubber
     from feedback.trainset import build_training_set
     from retrieval.retriever import CollectionRetriever
@@ -32,8 +32,7 @@ def feedback_preview(
     scrub = feedback_scrubber(CollectionRetriever(collection, settings))
     with session_scope(settings) as session:
         uploaded = list_evalsets(session, collection, uploaded_only=True)
-        excluded = set().union(*(s.query_keys for s in uploaded))
-        training_set = build_training_set(session, collection, scrub, settings.eval_holdout, 0, excluded)
+        training_set = build_training_set(session, collection, scrub, settings.eval_holdout, 0, uploaded_query_keys(session, collection))
         session.rollback()  # a preview stores nothing
     table = Table("signal", "count")
     for name, count in sorted(training_set.counts.items()):

@@ -142,6 +142,11 @@ def list_evalsets(session: Session, collection: str, uploaded_only: bool = False
 TRAINING_AUTHOR = "training:"  # created_by of the sets a training run saves from its held-out share
 
 
+def uploaded_query_keys(session: Session, collection: str) -> set[str]:
+    """`query_key`s of the questions in the collection's uploaded sets: training from feedback leaves them out."""
+    return set().union(*(s.query_keys for s in list_evalsets(session, collection, uploaded_only=True)))
+
+
 def _info(record: EvalSet, collection: str) -> EvalSetInfo:
     return EvalSetInfo(
         record.id, collection, record.name, record.level, dict(record.queries), {q: dict(r) for q, r in record.qrels.items()},

@@ -210,7 +210,7 @@ def train_from_feedback(
     `JobReporter` (progress, log, cancellation); `until`: only events created up to then."""
     stage = reporter.stage if reporter else (lambda message, progress: None)
     from citeloop.db import session_scope
-    from feedback.evalsets import TRAINING_AUTHOR, add_evalset, list_evalsets
+    from feedback.evalsets import TRAINING_AUTHOR, add_evalset, list_evalsets, uploaded_query_keys
     from feedback.pii import feedback_scrubber
     from feedback.trainset import TrainingSetError, build_training_set, examples_from_rows, held_out_evalset, save_snapshot
 
@@ -221,9 +221,8 @@ def train_from_feedback(
     scrub = feedback_scrubber(retriever)
     with session_scope(settings) as session:
         uploaded = list_evalsets(session, collection, uploaded_only=True)
-        excluded = set().union(*(s.query_keys for s in uploaded))
         training_set = build_training_set(
-            session, collection, scrub, settings.eval_holdout, settings.training_min_queries, excluded, until
+            session, collection, scrub, settings.eval_holdout, settings.training_min_queries, uploaded_query_keys(session, collection), until
         )
         snapshot = save_snapshot(session, collection, "reranker", training_set)
         if uploaded:

@@ -110,3 +110,19 @@ def test_base_names_and_altered_bases_are_refused(judged):
     (folder / "base.json").write_text('{"sha256": "0000"}')
     with pytest.raises(BaseRerankerError, match="altered"):
         verified_base(sources, isolated)
+
+
+def test_feedback_preview_shows_what_the_next_run_would_train_on(judged):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    settings, collection, _ = judged
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), CITELOOP_RERANK_MAX_TOKENS="64", CITELOOP_RERANK_TOP_N="10")
+    shown = subprocess.run([sys.executable, "-m", "cli", "feedback", "preview", collection], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "events_relevant" in shown.stdout and "curator_negative" in shown.stdout and "enough to train" in shown.stdout
+    missing = subprocess.run([sys.executable, "-m", "cli", "feedback", "preview", "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "error:" in missing.stderr and "nope" in missing.stderr
