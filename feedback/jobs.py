@@ -94,7 +94,7 @@ def _queue(url: str | None, data_dir: str):
 
         os.makedirs(data_dir, exist_ok=True)
         queue = SqliteHuey("citeloop", filename=os.path.join(data_dir, "queue.db"))
-    queue.run_training_job = queue.task(name="run_training_job", retries=0)(_run_from_queue)
+    queue.run_training_job = queue.task(name="run_training_job", retries=0)(run_job)
     return queue
 
 
@@ -334,10 +334,6 @@ def run_job(job_id: str, settings: Settings | None = None) -> JobInfo:
         row.version_id, row.snapshot_id, row.result = version_id, snapshot_id, result
         _finish(row, status, error)
     return get_job(job_id, settings)
-
-
-def _run_from_queue(job_id: str) -> None:
-    run_job(job_id)
 
 
 def _finish(row: TrainingJob, status: str, error: str | None) -> None:

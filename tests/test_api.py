@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from api.client import CiteloopError, Client
+from eval.feedback_loop import free_port
 from tests.conftest import PG_URL, REPO, _pg_database
 
 pytestmark = pytest.mark.slow
@@ -41,12 +41,6 @@ def assert_grounded(answer: dict) -> None:
         source = answer["contexts"][citation["n"] - 1]
         assert (citation["chunk_id"], citation["doc_id"]) == (source["chunk_id"], source["doc_id"])
         assert citation["quote"] and source["text"][citation["start"] : citation["end"]] == citation["quote"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(data_dir: Path, database_url: str | None = None) -> dict[str, str]:
