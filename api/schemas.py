@@ -242,6 +242,7 @@ class TrainingOptions(Strict):
     batch_size: int | None = Field(None, ge=2, le=512)
     learning_rate: float | None = Field(None, gt=0, lt=1)
     hard_negatives: int | None = Field(None, ge=0, le=32)
+    max_positives_per_query: int | None = Field(None, ge=1, le=32)
     max_tokens: int | None = Field(None, ge=16, le=512)
     seed: int | None = None
 

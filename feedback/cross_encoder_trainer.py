@@ -33,6 +33,9 @@ class RerankerTrainingArgs:
     # at 160 too was slower to converge and scored 0.7142 held-out vs 0.7279 at 192 (bench/README.md).
     max_tokens: int = 192
     batch_size: int = 16
+    # Training rows per query, its heaviest positives first: a judge often marks several chunks of one document,
+    # each a row as costly as another query's, for little that is new (COVID-QA: ~4 per question).
+    max_positives_per_query: int | None = 2
     hard_negatives: int = 4  # mined from the collection, nearest first, near-duplicates of the positive removed
     random_negatives: int = 1
     # MNRL: other queries' passages scored per query (None: all). Hard and random negatives are already in each

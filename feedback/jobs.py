@@ -36,7 +36,7 @@ JOB_KINDS = ("reranker",)
 UNFINISHED = ("queued", "running")
 LOG_LINES = 50
 # Training options a job request may set (the rest keep the trainer's defaults).
-JOB_OPTIONS = ("epochs", "max_steps", "batch_size", "learning_rate", "hard_negatives", "max_tokens", "seed")
+JOB_OPTIONS = ("epochs", "max_steps", "batch_size", "learning_rate", "hard_negatives", "max_positives_per_query", "max_tokens", "seed")
 
 
 class JobError(ValueError):

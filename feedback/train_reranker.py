@@ -94,7 +94,8 @@ def build_training_rows(
     examples: list[TrainingExample], retriever: CollectionRetriever, args: RerankerTrainingArgs, cache_dir: Path
 ) -> list[dict]:
     """Rows of query, positive, negative_1..n (explicit negatives first, heaviest first, then mined): one per
-    (query, positive), repeated by the positive's weight (`positive_repeats`)."""
+    (query, positive) for its `max_positives_per_query` heaviest positives, repeated by the positive's weight
+    (`positive_repeats`)."""
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
@@ -107,8 +108,7 @@ def build_training_rows(
     pairs = [
         (e, row_of[p.chunk_id])
         for e in examples
-        for p in e.positives
-        if p.chunk_id in row_of
+        for p in sorted((p for p in e.positives if p.chunk_id in row_of), key=lambda p: -p.weight)[: args.max_positives_per_query]
         for _ in range(positive_repeats(p.weight, lightest))
     ]
     if not pairs:
@@ -173,6 +173,9 @@ def validation_samples(examples: list[TrainingExample], retriever: CollectionRet
 def fit_combiner(
     reranker: CrossEncoderReranker, examples: list[TrainingExample], retriever: CollectionRetriever, top_n: int, seed: int
 ) -> ScoreCombiner:
+    """Logistic regression of relevance on `stage_features` of each validation query's hybrid top-N. Of feedback,
+    an unjudged candidate counts as irrelevant: fitted on the judged chunks alone, the combiner leaned on a young
+    cross-encoder and scored 0.666 against 0.688 at 100 SciFact questions (bench/README.md)."""
     features, labels = [], []
     for e in examples:
         hits = retriever.search(e.query, k=top_n, mode="hybrid")

@@ -126,3 +126,25 @@ def test_feedback_preview_shows_what_the_next_run_would_train_on(judged):
     assert "events_relevant" in shown.stdout and "curator_negative" in shown.stdout and "enough to train" in shown.stdout
     missing = subprocess.run([sys.executable, "-m", "cli", "feedback", "preview", "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "error:" in missing.stderr and "nope" in missing.stderr
+
+
+
+def test_training_rows_take_a_questions_heaviest_positives_with_its_judged_negatives_first(judged, tmp_path):
+    from feedback.examples import Labelled, TrainingExample
+    from feedback.train_reranker import build_training_rows
+    from retrieval.ingest import index_text
+    from retrieval.retriever import CollectionRetriever
+
+    settings, collection, data = judged
+    retriever = CollectionRetriever(collection, settings)
+    query = data.queries[sorted(data.queries)[0]]
+    hits = retriever.search(query, k=10, mode="hybrid")
+    texts = {h.chunk_id: index_text(h.title, h.text) for h in hits}
+    positives = (Labelled(hits[0].chunk_id, 0.3), Labelled(hits[1].chunk_id, 1.0), Labelled(hits[2].chunk_id, 1.0))
+    example = TrainingExample("q1", query, positives, (Labelled(hits[3].chunk_id),), source="feedback")
+
+    rows = build_training_rows([example], retriever, replace(SMOKE, max_positives_per_query=2), tmp_path / "miner")
+    assert {r["positive"] for r in rows} == {texts[hits[1].chunk_id], texts[hits[2].chunk_id]}  # the vote is left out
+    assert all(r["negative_1"] == texts[hits[3].chunk_id] for r in rows)
+    everything = build_training_rows([example], retriever, replace(SMOKE, max_positives_per_query=None), tmp_path / "miner")
+    assert {r["positive"] for r in everything} == {texts[h.chunk_id] for h in hits[:3]}
