@@ -104,13 +104,13 @@ def build_training_rows(
     texts = [index_text(r.title, r.text) for r in rows]
     vectors = retriever.vectors()
     embedder = load_embedder(retriever.settings)
-    lightest = min((p.weight for e in examples for p in e.positives), default=1.0)
-    pairs = [
-        (e, row_of[p.chunk_id])
+    trained = [
+        (e, sorted((p for p in e.positives if p.chunk_id in row_of), key=lambda p: -p.weight)[: args.max_positives_per_query])
         for e in examples
-        for p in sorted((p for p in e.positives if p.chunk_id in row_of), key=lambda p: -p.weight)[: args.max_positives_per_query]
-        for _ in range(positive_repeats(p.weight, lightest))
     ]
+    # Repeats are relative to the lightest positive that is trained, not to one the cap left out.
+    lightest = min((p.weight for _, kept in trained for p in kept), default=1.0)
+    pairs = [(e, row_of[p.chunk_id]) for e, kept in trained for p in kept for _ in range(positive_repeats(p.weight, lightest))]
     if not pairs:
         raise TrainingDataError("none of the examples' positive chunks is in the collection's index")
     # The collection's vectors are exactly what the embedder gives these texts: hand them to the miner's

@@ -128,7 +128,6 @@ def test_feedback_preview_shows_what_the_next_run_would_train_on(judged):
     assert missing.returncode == 1 and "error:" in missing.stderr and "nope" in missing.stderr
 
 
-
 def test_training_rows_take_a_questions_heaviest_positives_with_its_judged_negatives_first(judged, tmp_path):
     from feedback.examples import Labelled, TrainingExample
     from feedback.train_reranker import build_training_rows
@@ -145,6 +144,7 @@ def test_training_rows_take_a_questions_heaviest_positives_with_its_judged_negat
 
     rows = build_training_rows([example], retriever, replace(SMOKE, max_positives_per_query=2), tmp_path / "miner")
     assert {r["positive"] for r in rows} == {texts[hits[1].chunk_id], texts[hits[2].chunk_id]}  # the vote is left out
+    assert len(rows) == 2  # equal weights once the vote is left out: one row each, not repeated against it
     assert all(r["negative_1"] == texts[hits[3].chunk_id] for r in rows)
     everything = build_training_rows([example], retriever, replace(SMOKE, max_positives_per_query=None), tmp_path / "miner")
     assert {r["positive"] for r in everything} == {texts[h.chunk_id] for h in hits[:3]}
