@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     training_min_queries: int = Field(
         20, ge=1, description="Judged questions with a relevant chunk (outside the evaluation share) a training set from feedback needs."
     )
+    training_min_pairs: int = Field(
+        20, ge=1, description="Preference pairs (outside the evaluation share) a generator training set from feedback needs."
+    )
     eval_holdout: float = Field(
         0.2, gt=0, lt=1, description="Share of labelled queries held out of training to evaluate candidates."
     )

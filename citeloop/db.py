@@ -182,6 +182,8 @@ class AnswerRecord(Base):
     abstained: Mapped[bool] = mapped_column(default=False)
     abstain_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     extractive: Mapped[bool] = mapped_column(default=False, server_default=false())  # a quoted extract, not generated
+    prompt: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)  # the chat messages generated from
+    prompt_format: Mapped[str | None] = mapped_column(String(32), nullable=True)  # generation.prompt.PROMPT_FORMAT
     citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     contexts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     support: Mapped[float] = mapped_column(default=1.0)  # share of sentences with a supported citation

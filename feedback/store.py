@@ -48,6 +48,8 @@ def save_answer(session: Session, answer: Answer, actor: str) -> AnswerRecord:
         abstained=answer.abstained,
         abstain_reason=answer.abstain_reason,
         extractive=answer.extractive,
+        prompt=answer.prompt,
+        prompt_format=answer.prompt_format,
         citations=[asdict(c) for c in answer.citations],
         contexts=[context_dict(c) for c in answer.contexts],
         support=support,

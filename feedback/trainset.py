@@ -1,5 +1,7 @@
-"""Reranker training sets from stored feedback events: signal rules, conflict resolution, key reliability,
-quality gates, personal-data scrubbing, and versioned snapshots in the database.
+"""Training sets from stored feedback events. For both model kinds (the generator's preference pairs are built in
+feedback/pairs.py): the gates every event passes (`gated_events`: opt-outs, erasure, personal-data scrubbing),
+versioned snapshots in the database, and erasure reaching them. For the reranker: the label rules, conflict
+resolution and key reliability below.
 
 Rules, per (question, chunk):
 - a curator's `relevant` mark is a strong positive; `not_relevant` and a flagged citation are hard negatives;
@@ -67,6 +69,29 @@ class LabelRow:
     weight: float
     signal: str
     event_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One preference pair of a generator snapshot: two answers to the exact prompt one of them was served from."""
+
+    query_id: str
+    query: str  # scrubbed of personal data
+    prompt: tuple[tuple[str, str], ...]  # (role, content) chat messages, the question in them scrubbed
+    prompt_format: str
+    chosen: str
+    rejected: str
+    rule: str  # correction | correction_over_refusal | votes | citation_flag | refusal
+    weight: float
+    answer_id: str  # the answer whose prompt it is
+    event_ids: tuple[str, ...]
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.prompt]
+
+
+ROW_TYPES = {"reranker": LabelRow, "generator": PairRow}
 
 
 @dataclass
@@ -192,6 +217,37 @@ def supported_citations(session: Session, answer_ids: set[str]) -> dict[str, set
     return {answer_id: {c["chunk_id"] for c in citations if c.get("supported")} for answer_id, citations in rows}
 
 
+def gated_events(
+    session: Session,
+    collection: str,
+    kinds: set[str],
+    scrub: Callable[[str], str],
+    text_fields: tuple[str, ...],
+    until: datetime | None = None,
+) -> tuple[list[FeedbackEvent], Counter, Counter]:
+    """The collection's stored events of these kinds that may train a model, oldest first, with their
+    `text_fields` scrubbed of personal data, and the counts and drops so far. Raises TrainingSetError when the
+    collection opted out of training or no event is left (erased events are deleted: never read)."""
+    row = get_collection(session, collection)
+    if row.training_opt_out:
+        raise TrainingSetError(f"collection '{collection}' has opted out of training (training_opt_out)")
+    dropped: Counter = Counter()
+    counts: Counter = Counter()
+    opted_out = set(session.scalars(select(ApiKey.name).where(ApiKey.training_opt_out.is_(True))))
+    usable = [e for e in stored_events(session, row.id, until) if e.kind in kinds]
+    kept = [e for e in usable if e.actor not in opted_out]
+    dropped["key_opted_out"] += len(usable) - len(kept)
+    if not kept:
+        why = "all of them come from keys that opted out of training" if usable else f"there are no events of kind {', '.join(sorted(kinds))}"
+        raise TrainingSetError(f"collection '{collection}' has no feedback to train on: {why}")
+    counts.update(f"events_{e.kind}" for e in kept)
+    texts = sorted({text for e in kept for name in text_fields if (text := getattr(e, name))})
+    scrubbed = {text: scrub(text) for text in texts}
+    counts["texts_scrubbed"] = sum(text != clean for text, clean in scrubbed.items())
+    kept = [replace(e, **{name: scrubbed[getattr(e, name)] for name in text_fields if getattr(e, name)}) for e in kept]
+    return kept, counts, dropped
+
+
 def build_training_set(
     session: Session,
     collection: str,
@@ -205,23 +261,7 @@ def build_training_set(
     is left (the message says which gate). Questions are scrubbed first, so everything downstream, the question's
     id (`query_key` of the scrubbed text) included, sees only scrubbed text. `evaluation_queries`: query keys of
     the collection's uploaded evaluation sets, never trained on; `until`: only events created up to then."""
-    row = get_collection(session, collection)
-    if row.training_opt_out:
-        raise TrainingSetError(f"collection '{collection}' has opted out of training (training_opt_out)")
-    events = stored_events(session, row.id, until)
-    dropped: Counter = Counter()
-    counts: Counter = Counter()
-    opted_out = set(session.scalars(select(ApiKey.name).where(ApiKey.training_opt_out.is_(True))))
-    usable = [e for e in events if e.kind in CURATOR_KINDS or e.kind in VOTE_KINDS]
-    kept = [e for e in usable if e.actor not in opted_out]
-    dropped["key_opted_out"] += len(usable) - len(kept)
-    if not kept:
-        why = "all of them come from keys that opted out of training" if usable else "there are no judgements or votes"
-        raise TrainingSetError(f"collection '{collection}' has no feedback to train on: {why}")
-    counts.update(f"events_{e.kind}" for e in kept)
-    scrubbed = {q: scrub(q) for q in sorted({e.query for e in kept})}
-    counts["questions_scrubbed"] = sum(q != s for q, s in scrubbed.items())
-    kept = [replace(e, query=scrubbed[e.query]) for e in kept]
+    kept, counts, dropped = gated_events(session, collection, set(CURATOR_KINDS) | set(VOTE_KINDS), scrub, ("query",), until)
     supported = supported_citations(session, {e.answer_id for e in kept if e.kind in VOTE_KINDS and e.answer_id})
     judgements = judgements_from_events(kept, supported, dropped)
     labels = resolve(judgements, key_reliability(judgements), counts, dropped)
@@ -289,11 +329,12 @@ class SnapshotInfo:
     first_event_at: datetime | None
     last_event_at: datetime | None
     erased_rows: int
-    rows: tuple[LabelRow, ...]
+    rows: tuple[LabelRow, ...] | tuple[PairRow, ...]
 
 
-def save_snapshot(session: Session, collection: str, kind: str, training_set: TrainingSet) -> SnapshotInfo:
-    stored = [asdict(r) | {"event_ids": list(r.event_ids)} for r in training_set.rows]
+def save_snapshot(session: Session, collection: str, kind: str, training_set) -> SnapshotInfo:
+    """Store a reranker's TrainingSet or a generator's PairSet as a versioned snapshot."""
+    stored = [json.loads(json.dumps(asdict(r))) for r in training_set.rows]  # tuples as JSON lists
     record = TrainingSnapshot(
         id=f"snap-{uuid.uuid4().hex[:12]}", collection_id=get_collection(session, collection).id, kind=kind,
         sha256=rows_sha256(stored), rows=stored, counts=training_set.counts, dropped=training_set.dropped,
@@ -317,11 +358,19 @@ def load_snapshot(session: Session, snapshot_id: str) -> SnapshotInfo:
 
 
 def _snapshot_info(record: TrainingSnapshot, collection: str) -> SnapshotInfo:
-    rows = tuple(LabelRow(**(r | {"event_ids": tuple(r["event_ids"])})) for r in record.rows)
+    rows = tuple(_row(ROW_TYPES[record.kind], r) for r in record.rows)
     return SnapshotInfo(
         record.id, collection, record.kind, record.sha256, dict(record.counts), dict(record.dropped),
         record.first_event_at, record.last_event_at, record.erased_rows, rows,
     )
+
+
+def _row(row_type: type, stored: dict):
+    """A snapshot row from its JSON: lists back to the tuples the row type holds."""
+    tuples = {"event_ids": tuple(stored["event_ids"])}
+    if "prompt" in stored:
+        tuples["prompt"] = tuple(tuple(message) for message in stored["prompt"])
+    return row_type(**(stored | tuples))
 
 
 def erase_from_snapshots(session: Session, collection_id: int, event_ids: set[str]) -> int:

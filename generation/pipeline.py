@@ -29,7 +29,7 @@ from generation.components import (
     elapsed_ms,
 )
 from generation.engines import SamplingParams, load_generator
-from generation.prompt import REFUSAL
+from generation.prompt import PROMPT_FORMAT, REFUSAL
 from retrieval.embedder import EMBEDDER_ID, load_embedder
 from retrieval.rerank import RankedSearch
 from retrieval.sparse import english_stems
@@ -67,6 +67,10 @@ class Answer:
     timings_ms: dict[str, float]
     draft: str = ""  # what the generator wrote, kept when the answer is an abstention
     extractive: bool = False  # the answer quotes a source's sentence: the generator declined, the evidence did not
+    # The exact chat messages the generator was (or, had it not abstained first, would have been) given, and their
+    # format: preference pairs train on exactly what was served.
+    prompt: list[dict[str, str]] = field(default_factory=list)
+    prompt_format: str = PROMPT_FORMAT
 
     @property
     def unsupported_sentences(self) -> list[int]:
@@ -179,6 +183,7 @@ class AnswerPipeline:
                     timings_ms={k: round(v, 1) for k, v in timings.items()},
                     draft=draft,
                     extractive=extractive,
+                    prompt=prompt.messages,
                 )
             )
 

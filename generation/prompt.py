@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -55,6 +57,16 @@ def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, s
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": f"Sources:\n\n{body}\n\nQuestion: {question.strip()}"},
     ]
+
+
+def _prompt_format() -> str:
+    probe = build_messages("QUESTION", [Source(1, "chunk", "doc", "TITLE", "TEXT")])
+    return "p-" + hashlib.sha256(json.dumps(probe).encode()).hexdigest()[:12]
+
+
+# How prompts are written (system prompt, source layout), read off `build_messages` itself: answers record it, and
+# preference pairs from answers of another format never train a generator (their prompts are not what it serves).
+PROMPT_FORMAT = _prompt_format()
 
 
 def fit_sources(

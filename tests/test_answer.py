@@ -42,6 +42,9 @@ def test_stream_yields_contexts_then_tokens_then_the_answer(docs_settings):
     assert any("inputoutput" in c.doc_id for c in answer.contexts)
     assert answer.models["generator"].startswith("smollm2-135m@")
     assert list(answer.timings_ms) == ["retrieve", "first_token", "generate", "verify", "total"]
+    # The answer keeps the exact messages it was generated from: its sources, numbered as cited, and the question.
+    assert answer.prompt[0]["role"] == "system" and answer.prompt[-1]["content"].endswith("Question: How do I read a file line by line?")
+    assert all(f"[{n}] " in answer.prompt[-1]["content"] for n in range(1, len(answer.contexts) + 1))
     # Greedy decoding writes the same answer every run, and the test model's is supported by a source.
     assert not answer.abstained and answer.abstain_reason is None
     assert answer.citations and any(s.supported for s in answer.sentences)

@@ -211,7 +211,7 @@ def test_stored_events_build_a_snapshot_with_counts_and_without_opted_out_keys(s
 
 def test_gates_refuse_with_the_reason(site):
     settings, rows = site
-    with pytest.raises(TrainingSetError, match="no judgements or votes"):
+    with pytest.raises(TrainingSetError, match="no feedback to train on"):
         build(settings)
     judge(settings, "what does document 1 explain?", shown(rows)[1:3], True)
     with pytest.raises(TrainingSetError, match="at least 20"):
@@ -231,7 +231,7 @@ def test_questions_are_scrubbed_before_they_enter_a_set(site, scrubber):
     training_set = build(settings, scrub=scrubber.scrub, holdout=0.0001)
     (row,) = training_set.rows
     assert "Maria" not in row.query and "maria@example.org" not in row.query and "<PERSON>" in row.query
-    assert row.query_id == query_key(row.query) and training_set.counts["questions_scrubbed"] == 1
+    assert row.query_id == query_key(row.query) and training_set.counts["texts_scrubbed"] == 1
 
 
 def test_erasure_removes_snapshot_rows_and_marks_the_models_trained_on_them(site, tmp_path):
