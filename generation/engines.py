@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
+from citeloop.files import sha256_file_once
 from citeloop.lru import LRUCache
 from generation.models import GeneratorWeights, resolve_generator, safetensors_cache
 
@@ -55,29 +57,71 @@ def _threads(settings: Settings) -> int:
     return settings.generator_threads or os.cpu_count() or 1
 
 
+def check_adapter(adapter: Path, base: Path) -> None:
+    """A LoRA adapter GGUF that fits the base GGUF (its architecture and width), or a GenerationError naming the
+    file: llama.cpp itself would load a truncated adapter as an empty one and serve the base unchanged."""
+    from gguf import GGUFReader
+
+    def field(reader, name):
+        return reader.fields[name].contents() if name in reader.fields else None
+
+    try:
+        lora = GGUFReader(adapter)
+    except (OSError, ValueError) as exc:
+        raise GenerationError(f"{adapter}: not a readable GGUF file ({exc})") from exc
+    if field(lora, "general.type") != "adapter" or field(lora, "adapter.type") != "lora" or not lora.tensors:
+        raise GenerationError(f"{adapter}: not a LoRA adapter GGUF (general.type adapter, adapter.type lora, with tensors)")
+    model = GGUFReader(base)
+    architecture = field(model, "general.architecture")
+    width = field(model, f"{architecture}.embedding_length")
+    tensor = next(t for t in lora.tensors if t.name.endswith(".lora_a"))
+    if field(lora, "general.architecture") != architecture or int(tensor.shape[0]) != int(width):
+        raise GenerationError(
+            f"{adapter}: a LoRA adapter for another base model ({field(lora, 'general.architecture')}, width {int(tensor.shape[0])}), "
+            f"not for {base.name} ({architecture}, width {width})"
+        )
+
+
+def _llama(weights: GeneratorWeights, settings: Settings, adapter: Path | None, **options):
+    """llama.cpp over the GGUF, with a LoRA adapter GGUF applied when given; a file it cannot load is an error
+    naming the file (llama.cpp refuses an adapter whose tensors do not fit the base)."""
+    from llama_cpp import Llama
+
+    assert weights.gguf is not None
+    if adapter is not None:
+        check_adapter(adapter, weights.gguf)
+    threads = _threads(settings)
+    try:
+        return Llama(
+            model_path=str(weights.gguf),
+            lora_path=str(adapter) if adapter else None,
+            # The GGUF's own chat template, never a built-in format llama.cpp guesses from it: DPO renders the
+            # pairs' prompts with that template (feedback/train_generator.py), so serving must too.
+            chat_format="chat_template.default",
+            n_threads=threads,
+            n_threads_batch=threads,
+            seed=settings.seed,
+            verbose=False,
+            **options,
+        )
+    except (RuntimeError, ValueError) as exc:
+        what = f"the LoRA adapter {adapter}" if adapter else f"the GGUF {weights.gguf}"
+        raise GenerationError(f"llama.cpp cannot load {what} over {weights.gguf.name}: {exc}") from exc
+
+
 class LlamaCppGenerator:
     engine = "llama-cpp"
 
-    def __init__(self, weights: GeneratorWeights, settings: Settings):
+    def __init__(self, weights: GeneratorWeights, settings: Settings, adapter: Path | None = None):
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError as exc:
             raise GenerationError(
                 "the llama-cpp engine needs llama-cpp-python: pip install 'llama-cpp-python==0.3.36' "
                 "(or set CITELOOP_GENERATOR_ENGINE=transformers)"
             ) from exc
-        assert weights.gguf is not None
-        self.model_id = f"{weights.name}@{weights.digest[:12]}"
-        threads = _threads(settings)
-        self.llm = Llama(
-            model_path=str(weights.gguf),
-            n_ctx=settings.context_window,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=512,
-            seed=settings.seed,
-            verbose=False,
-        )
+        self.model_id = f"{weights.name}@{weights.digest[:12]}" + (f"+lora@{sha256_file_once(adapter)[:12]}" if adapter else "")
+        self.llm = _llama(weights, settings, adapter, n_ctx=settings.context_window, n_batch=512)
         self._lock = threading.Lock()  # one llama.cpp context decodes one sequence at a time
 
     def count_tokens(self, text: str) -> int:
@@ -181,6 +225,19 @@ class TransformersGenerator:
 # A server serves one generator; an evaluation compares two. Each holds 0.1-2 GB (a GGUF, or fp32 weights).
 LOADED_GENERATORS = 2
 _loaded: LRUCache[Generator] = LRUCache(LOADED_GENERATORS)
+
+
+def llama_cpp_logprobs(weights: GeneratorWeights, adapter: Path | None, token_ids: list[int], start: int, settings: Settings) -> list[float]:
+    """The log-probability llama.cpp gives each of token_ids[start:] after the tokens before it, through the
+    same loader that serves (and the adapter, if any): what "served exactly as trained" is checked with."""
+    import numpy as np
+
+    llm = _llama(weights, settings, adapter, n_ctx=len(token_ids) + 8, n_batch=max(len(token_ids), 8), logits_all=True)
+    llm.eval(token_ids)
+    logits = np.asarray(llm.scores[: len(token_ids)], dtype=np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return [float(logprobs[i - 1, token_ids[i]]) for i in range(start, len(token_ids))]
 
 
 def engine_for(weights: GeneratorWeights, settings: Settings) -> str:
