@@ -235,7 +235,9 @@ class EvalSetInfoOut(BaseModel):
 
 
 class TrainingOptions(Strict):
-    """Training arguments a job may override (the rest keep the trainer's defaults)."""
+    """Training arguments a job may override (the rest keep the trainer's defaults). Rerankers: epochs, max_steps,
+    batch_size, learning_rate, hard_negatives, max_positives_per_query, max_tokens, seed; generators: epochs,
+    max_steps, batch_size, gradient_accumulation, learning_rate, beta, lora_rank, max_length, seed."""
 
     epochs: int | None = Field(None, ge=1, le=50)
     max_steps: int | None = Field(None, ge=1)
@@ -244,11 +246,15 @@ class TrainingOptions(Strict):
     hard_negatives: int | None = Field(None, ge=0, le=32)
     max_positives_per_query: int | None = Field(None, ge=1, le=32)
     max_tokens: int | None = Field(None, ge=16, le=512)
+    gradient_accumulation: int | None = Field(None, ge=1, le=64)
+    beta: float | None = Field(None, gt=0, le=10)
+    lora_rank: int | None = Field(None, ge=1, le=256)
+    max_length: int | None = Field(None, ge=64, le=32768)
     seed: int | None = None
 
 
 class JobCreate(Strict):
-    kind: Literal["reranker"] = Field(description="The model kind to train from the collection's feedback.")
+    kind: Literal["reranker", "generator"] = Field(description="The model kind to train from the collection's feedback.")
     collection: str = CollectionName
     options: TrainingOptions = Field(default_factory=TrainingOptions)
 

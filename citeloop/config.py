@@ -57,9 +57,13 @@ class Settings(BaseSettings):
         0.005, description="A candidate model must beat the active one (or hybrid) on nDCG@10 by this much."
     )
     gate_max_recall_drop: float = Field(0.005, ge=0, description="Largest Recall@100 loss the gate tolerates.")
-    gate_require_ci: bool = Field(True, description="Promote only when the nDCG@10 gain's paired bootstrap interval lies above GATE_MIN_CI_LOWER.")
+    gate_require_ci: bool = Field(True, description="Promote only when the gain's paired bootstrap interval (nDCG@10 for rerankers, answer F1 for generators) lies above GATE_MIN_CI_LOWER.")
     gate_min_ci_lower: float = Field(0.0, description="What the lower bound of that interval must exceed.")
     gate_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of that interval.")
+    gate_min_answer_f1_gain: float = Field(0.0, description="A candidate generator must beat what serves on answer F1 by this much (and its interval's lower bound exceed GATE_MIN_CI_LOWER).")
+    gate_max_abstain_rise: float = Field(
+        0.05, ge=0, description="Largest rise of the decline rate on answerable questions the generator gate tolerates (refusals of unanswerable ones may not fall at all)."
+    )
     queue_url: str | None = Field(
         None, description="Task queue of training jobs: redis://HOST:PORT/DB, or unset for huey's SQLite storage at DATA_DIR/queue.db."
     )

@@ -275,7 +275,8 @@ class GateDecision:
     candidate: dict[str, float]
     baseline: dict[str, float]
     baseline_name: str
-    # The nDCG@10 gain over the baseline on the same queries, and its paired bootstrap confidence interval.
+    # The gated metric's gain over the baseline on the same queries (nDCG@10 for rerankers, answer F1 for
+    # generators), and its paired bootstrap confidence interval.
     gain: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
@@ -292,10 +293,13 @@ def paired_bootstrap(candidate: dict[str, float], baseline: dict[str, float], co
     if not queries:
         raise RegistryError("no query is scored for both models: nothing to compare")
     diff = np.array([candidate[q] - baseline[q] for q in queries])
-    if np.all(diff == diff[0]):  # no spread to resample (one query, or identical rankings)
-        return float(diff[0]), float(diff[0]), float(diff[0])
-    result = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=9999, method="BCa", random_state=np.random.default_rng(seed))
-    low, high = result.confidence_interval
+    if np.allclose(diff, diff[0], rtol=0, atol=1e-9):  # no spread to resample (one query, identical rankings or answers)
+        return float(diff.mean()), float(diff.mean()), float(diff.mean())
+    for method in ("BCa", "percentile"):  # BCa is undefined (NaN) on a sample that is nearly one value
+        result = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=9999, method=method, random_state=np.random.default_rng(seed))
+        low, high = result.confidence_interval
+        if np.isfinite(low) and np.isfinite(high):
+            break
     return float(diff.mean()), float(low), float(high)
 
 
@@ -329,7 +333,7 @@ def gate_decision(
     head = f"nDCG@10 {candidate['ndcg@10']:.4f} vs {baseline_name} {baseline['ndcg@10']:.4f}: gain {gain:+.4f}{interval}"
     if gain < min_ndcg_gain:
         return decided(False, f"{head} < required {min_ndcg_gain:+.4f}")
-    if min_ci_lower is not None and "ci_low" in ci and ci["ci_low"] <= min_ci_lower:
+    if min_ci_lower is not None and "ci_low" in ci and not ci["ci_low"] > min_ci_lower:  # a NaN bound fails too
         return decided(False, f"{head}: the interval's lower bound is not above {min_ci_lower:+.4f}")
     if drop > max_recall_drop:
         return decided(False, f"{head}; Recall@100 {candidate['recall@100']:.4f} vs {baseline['recall@100']:.4f}: drop {drop:.4f} > tolerance {max_recall_drop:.4f}")

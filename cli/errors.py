@@ -68,6 +68,8 @@ def reports_errors(*also: type[Exception]) -> Callable[[Callable[P, R]], Callabl
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return command(*args, **kwargs)
+            except typer.Exit:  # a RuntimeError to click: `fail` already said why
+                raise
             except Exception as exc:
                 if not isinstance(exc, (*loaded_domain_errors(), *also)):
                     raise

@@ -1,5 +1,5 @@
 """Evaluation commands: `eval qa` (answer quality), `eval retrieval` (ranking quality per stage) and `eval
-feedback-loop` (the replay harness: what feedback buys the reranker)."""
+feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ from cli.output import console
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
 
 eval_app = typer.Typer(help="Evaluate retrieval and answers.", no_args_is_help=True)
+# The answer metrics the generator's replay harness prints before and after (its JSON has them all).
+ANSWER_METRICS = ("answer_f1", "citation_precision", "decline_rate_answerable", "refusal_rate_unanswerable", "latency_p50_ms")
+
+
+def _figure(value) -> str:
+    return "-" if value is None else str(value)
 
 
 def _write_json(path: Path, report: dict) -> None:
@@ -50,7 +56,7 @@ def eval_qa(
     columns = {"all": report["metrics"]} | report["by_shape"]
     table = Table("metric", *columns, title=f"{questions} on {name}")
     for metric in report["metrics"]:
-        table.add_row(metric, *("-" if (value := figures[metric]) is None else str(value) for figures in columns.values()))
+        table.add_row(metric, *(_figure(figures[metric]) for figures in columns.values()))
     console.print(table)
     if json_out:
         _write_json(json_out, report)
@@ -83,31 +89,55 @@ def eval_retrieval(
 @eval_app.command("feedback-loop")
 @reports_errors(ValueError, RuntimeError)
 def eval_feedback_loop(
-    beir: Annotated[Path, typer.Option("--beir", help="BEIR directory whose training queries a simulated curator judges.")],
-    train_split: Annotated[str, typer.Option("--train-split", help="Qrels split of the queries the curator judges.")],
-    test_split: Annotated[str, typer.Option("--test-split", help="Qrels split evaluated before and after (the training split: its held-out share).")],
-    test_beir: Annotated[Optional[Path], typer.Option("--test-beir", help="Test queries and qrels in another folder over the same corpus.")] = None,
-    noise: Annotated[float, typer.Option("--noise", min=0.0, max=1.0, help="Share of the curator's judgements flipped.")] = 0.0,
-    curve: Annotated[str, typer.Option("--curve", help="Comma-separated query counts for the learning curve, e.g. 50,100,250.")] = "",
-    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Results the curator judges per query.")] = 10,
+    beir: Annotated[Optional[Path], typer.Option("--beir", help="Reranker: BEIR directory whose training queries a simulated curator judges.")] = None,
+    train_split: Annotated[Optional[str], typer.Option("--train-split", help="Reranker: qrels split of the queries the curator judges.")] = None,
+    test_split: Annotated[Optional[str], typer.Option("--test-split", help="Reranker: qrels split evaluated before and after (the training split: its held-out share).")] = None,
+    test_beir: Annotated[Optional[Path], typer.Option("--test-beir", help="Reranker: test queries and qrels in another folder over the same corpus.")] = None,
+    noise: Annotated[float, typer.Option("--noise", min=0.0, max=1.0, help="Reranker: share of the curator's judgements flipped.")] = 0.0,
+    curve: Annotated[str, typer.Option("--curve", help="Reranker: comma-separated query counts for the learning curve, e.g. 50,100,250.")] = "",
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Reranker: results the curator judges per query.")] = 10,
+    qa: Annotated[Optional[Path], typer.Option("--qa", help="Generator: JSONL question rows (eval qa's format) users ask, vote on and a curator corrects.")] = None,
+    test: Annotated[Optional[Path], typer.Option("--test", help="Generator: question rows answered before and after (the --qa file: its held-out share).")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Generator: BEIR directory the questions are about.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Generator: the first N dev and N test questions only.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="The harness's own data directory (default: a new temporary one).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = RerankerTrainingArgs.epochs,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps per training (-1: none).")] = RerankerTrainingArgs.max_steps,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the trainer's).")] = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps per training (-1: none).")] = -1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    base: Annotated[str, typer.Option("--base", help="Warm start: a base trained on bundled data (scifact, covidqa) that never saw --beir's, or none.")] = "none",
+    base: Annotated[str, typer.Option("--base", help="Reranker warm start: a base trained on bundled data (scifact, covidqa) that never saw --beir's, or none.")] = "none",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
-    """What feedback buys: a simulated curator judges search results through a real server, a training job trains
-    a reranker from that feedback alone, and the test queries are evaluated before and after."""
+    """What feedback buys. Reranker (--beir): a simulated curator judges search results through a real server, a
+    training job trains a reranker from that feedback alone, and the test queries are evaluated before and after.
+    Generator (--qa): simulated users ask and vote, a curator flags citations and corrects answers, a generator job
+    trains a LoRA adapter by DPO from that feedback alone, and the test questions are answered before and after."""
     from dataclasses import replace
 
+    if qa is not None:
+        from eval.answer_feedback_loop import run_answer_feedback_loop
+        from feedback.train_generator import GeneratorTrainingArgs
+
+        if test is None or corpus is None:
+            fail("--qa needs --test TEST.jsonl and --corpus DIR")
+        args = replace(GeneratorTrainingArgs(), max_steps=max_steps, seed=seed, **({"epochs": epochs} if epochs else {}))
+        report = run_answer_feedback_loop(qa, test, corpus, limit, data_dir, args, progress=lambda m: console.print(f"[dim]{m}[/]"))
+        table = Table("", *ANSWER_METRICS, title=f"{report['test_questions']} test questions, {report['pairs']} preference pairs")
+        for when in ("before", "after"):
+            table.add_row(when, *(_figure(report[when][name]) for name in ANSWER_METRICS))
+        console.print(table)
+        console.print(f"job {report['job']['id']}: {report['train_seconds']} s; promoted: {report['job']['promoted']}; {report['job']['gate']['reason']}", markup=False)
+        if json_out:
+            _write_json(json_out, report)
+        return
+    if beir is None or train_split is None or test_split is None:
+        fail("give --beir DIR --train-split S --test-split S (the reranker), or --qa DEV.jsonl --test TEST.jsonl --corpus DIR (the generator)")
     from eval.feedback_loop import run_feedback_loop
 
     try:
         points = [int(c) for c in curve.split(",") if c.strip()]
     except ValueError:
         fail(f"--curve must be comma-separated query counts, not '{curve}'")
-    args = replace(RerankerTrainingArgs(), epochs=epochs, max_steps=max_steps)
+    args = replace(RerankerTrainingArgs(), max_steps=max_steps, **({"epochs": epochs} if epochs else {}))
     report = run_feedback_loop(
         beir, train_split, test_split, test_beir, noise, points, k, data_dir, args, seed, base, progress=lambda m: console.print(f"[dim]{m}[/]")
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.errors import reports_errors
+from cli.errors import fail, reports_errors
 from cli.output import console
 
 feedback_app = typer.Typer(help="Stored feedback as training data.", no_args_is_help=True)
@@ -16,11 +16,12 @@ feedback_app = typer.Typer(help="Stored feedback as training data.", no_args_is_
 @feedback_app.command("preview")
 @reports_errors()
 def feedback_preview(
-    collection: Annotated[str, typer.Argument(help="The collection whose feedback would train its reranker.")],
+    collection: Annotated[str, typer.Argument(help="The collection whose feedback would train its models.")],
     examples: Annotated[int, typer.Option("--examples", min=0, help="Rows to show.")] = 5,
+    kind: Annotated[str, typer.Option("--kind", help="reranker (labelled chunks) or generator (preference pairs).")] = "reranker",
 ) -> None:
-    """What the next reranker training run would train on: counts per signal, example rows, what the gates dropped.
-    Nothing is stored."""
+    """What the next training run of that kind would train on: counts per signal, example rows, what the gates
+    dropped. Nothing is stored."""
     from citeloop.config import get_settings
     from citeloop.db import session_scope
     from feedback.evalsets import list_evalsets, uploaded_query_keys
@@ -28,8 +29,13 @@ def feedback_preview(
     from feedback.trainset import build_training_set
     from retrieval.retriever import CollectionRetriever
 
+    if kind not in ("reranker", "generator"):
+        fail(f"--kind must be reranker or generator, not '{kind}'")
     settings = get_settings()
     scrub = feedback_scrubber(CollectionRetriever(collection, settings))
+    if kind == "generator":
+        _preview_pairs(collection, scrub, examples, settings)
+        return
     with session_scope(settings) as session:
         uploaded = list_evalsets(session, collection, uploaded_only=True)
         training_set = build_training_set(session, collection, scrub, settings.eval_holdout, 0, uploaded_query_keys(session, collection))
@@ -49,3 +55,26 @@ def feedback_preview(
     needed = settings.training_min_queries
     verdict = "enough to train" if training_set.labelled_queries >= needed else f"too few to train (at least {needed} needed)"
     console.print(f"{training_set.labelled_queries} judged questions with a relevant chunk: {verdict}; gated on {gate}")
+
+
+def _preview_pairs(collection: str, scrub, examples: int, settings) -> None:
+    from citeloop.db import session_scope
+    from feedback.evalsets import uploaded_query_keys
+    from feedback.pairs import build_pair_set, citation_verifier
+
+    with session_scope(settings) as session:
+        # No regeneration in a preview: a flagged answer is counted as `flag_without_regeneration`; the job makes
+        # its pair by regenerating the answer without the flagged source.
+        pairs = build_pair_set(session, collection, scrub, citation_verifier(settings), None, settings.eval_holdout, 0, uploaded_query_keys(session, collection))
+        session.rollback()
+    for title, figures in (("signal", pairs.counts), ("dropped by", pairs.dropped)):
+        if figures:
+            table = Table(title, "count")
+            for name, count in sorted(figures.items()):
+                table.add_row(name, str(count))
+            console.print(table)
+    for line in pairs.examples[:examples]:
+        console.print(line, markup=False, highlight=False)
+    needed = settings.training_min_pairs
+    verdict = "enough to train" if len(pairs.rows) >= needed else f"too few to train (at least {needed} needed)"
+    console.print(f"{len(pairs.rows)} preference pairs: {verdict}; gated on the {pairs.counts['held_out_pairs']} held-out pairs' questions")

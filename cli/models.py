@@ -1,4 +1,4 @@
-"""Training and registry commands: `train reranker`, `models list|promote|rollback|history`."""
+"""Training and registry commands: `train reranker|generator|base`, `models list|promote|rollback|history`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from rich.table import Table
 from cli.errors import fail, reports_errors
 from cli.output import console
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
+from feedback.train_generator import GeneratorTrainingArgs
 
 train_app = typer.Typer(help="Train models from labelled data.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: list, promote, roll back, deployment history.", no_args_is_help=True)
 TRAINING_DEFAULTS = RerankerTrainingArgs()  # the training options default to the trainer's own
+DPO_DEFAULTS = GeneratorTrainingArgs()
 
 
 ModelKindArgument = Annotated[str, typer.Argument(help="reranker or generator.")]
@@ -80,6 +82,35 @@ def train_reranker_command(
         console.print("not promoted: the active model (or hybrid retrieval) keeps serving")
 
 
+@train_app.command("generator")
+@reports_errors(ValueError)
+def train_generator_command(
+    collection: Annotated[str, typer.Option("--collection", "-c", help="The collection whose stored feedback makes the preference pairs.")],
+    promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = DPO_DEFAULTS.epochs,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: the epochs decide).")] = DPO_DEFAULTS.max_steps,
+    learning_rate: Annotated[float, typer.Option("--lr")] = DPO_DEFAULTS.learning_rate,
+    beta: Annotated[float, typer.Option("--beta", help="How far DPO may move from the base generator.")] = DPO_DEFAULTS.beta,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = DPO_DEFAULTS.lora_rank,
+    seed: Annotated[int, typer.Option("--seed")] = DPO_DEFAULTS.seed,
+) -> None:
+    """Train a LoRA adapter of the configured generator by DPO on a collection's preference pairs (corrections,
+    votes, flagged citations, refusals), gate it on the held-out pairs' questions, optionally promote it."""
+    from feedback.generator_loop import train_generator_from_feedback
+
+    args = replace(DPO_DEFAULTS, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, beta=beta, lora_rank=lora_rank, seed=seed)
+    report = train_generator_from_feedback(collection, args, promote_if_better=promote, actor=cli_actor())
+    verdict = "[green]passed[/]" if report.decision.passed else "[red]failed[/]"
+    console.print(
+        f"candidate [bold]{report.version.id}[/] ({report.version.metrics.get('pairs')} pairs, {report.version.metrics.get('train_seconds')} s training): "
+        f"gate {verdict}: {report.decision.reason}"
+    )
+    if report.promoted:
+        console.print(f"promoted {report.version.id}: collection '{report.version.collection}' now answers with its adapter")
+    elif promote:
+        console.print("not promoted: the active generator keeps serving")
+
+
 @train_app.command("base")
 @reports_errors(ValueError)
 def train_base_command(
@@ -124,12 +155,14 @@ def models_promote(
 ) -> None:
     """Gate a version against the active one on its held-out queries and promote it if it is better."""
     from citeloop.registry import get_version, promote, record_metrics
+    from feedback.generator_loop import run_generator_gate
     from feedback.reranker_loop import gate_record, run_gate
 
     version = get_version(version_id)
     if version.status == "active":
         fail(f"model version '{version_id}' is already active")
-    decision = run_gate(version, show_progress=True)
+    gate = run_gate if version.kind == "reranker" else run_generator_gate
+    decision = gate(version, show_progress=True)
     record_metrics(version_id, {"gate": gate_record(decision)})
     if not decision.passed and not force:
         fail(f"gate failed, '{version_id}' not promoted: {decision.reason} (--force promotes it anyway)")

@@ -46,13 +46,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(settings: Settings, log_path: Path):
-    """`citeloop serve` and `citeloop worker` on the settings' data directory; yields the server's base URL."""
+def running_service(settings: Settings, log_path: Path, environment: dict[str, str] | None = None):
+    """`citeloop serve` and `citeloop worker` on the settings' data directory (`environment`: more CITELOOP_*
+    variables for both); yields the server's base URL."""
     port = free_port()
     # The simulated curator sends thousands of requests a minute from one key.
     env = dict(
         os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="10000000",
-        CITELOOP_RERANKER_BASE=settings.reranker_base,
+        CITELOOP_RERANKER_BASE=settings.reranker_base, **(environment or {}),
     )
     log = open(log_path, "ab")
     cli = [sys.executable, "-m", "cli"]
@@ -107,6 +108,21 @@ def simulate_curator(client, collection: str, queries: dict[str, str], qrels: di
         if last is not None:
             marks.append((last, counts["judgements"]))
     return marks, counts
+
+
+def succeeded(client, job: dict, poll_s: float = 5.0) -> dict:
+    """The submitted job once it finished; a RuntimeError with its error unless it succeeded."""
+    while job["status"] in ("queued", "running"):
+        time.sleep(poll_s)
+        job = client.job(job["id"])
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"the {job['kind']} job {job['id']} {job['status']}: {job['error']}")
+    return job
+
+
+def job_seconds(job: dict) -> float:
+    """A finished job's wall time, from the worker's start to its end (snapshot, training, gate)."""
+    return round((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds(), 1)
 
 
 def run_feedback_loop(
@@ -187,16 +203,11 @@ def run_feedback_loop(
             )
         progress("training job on all the feedback")
         defaults = RerankerTrainingArgs()
-        options = {name: getattr(args, name) for name in JOB_OPTIONS if getattr(args, name) != getattr(defaults, name)}
-        job = admin.submit_job(collection, options=options)
-        while job["status"] in ("queued", "running"):
-            time.sleep(5)
-            job = admin.job(job["id"])
-        if job["status"] != "succeeded":
-            raise RuntimeError(f"the training job {job['id']} {job['status']}: {job['error']}")
+        options = {name: getattr(args, name) for name in JOB_OPTIONS["reranker"] if getattr(args, name) != getattr(defaults, name)}
+        job = succeeded(admin, admin.submit_job(collection, options=options))
     version = get_version(job["version_id"], settings)
     result["job"] = {"id": job["id"], "version": version.id, "promoted": job["result"]["promoted"], "gate": _gate(job["result"]["gate"])}
-    result["train_seconds"] = round((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds(), 1)
+    result["train_seconds"] = job_seconds(job)
     active = active_version(collection, "reranker", settings)
     result["after"] = evaluate(["hybrid", "rerank"], active or version)
     result["after_serves"] = active.id if active else "hybrid (the candidate was not promoted; its rerank row is shown)"

@@ -29,14 +29,19 @@ from citeloop.config import Settings, get_settings
 from citeloop.db import Collection, FeedbackRecord, TrainingJob, as_utc, get_collection, session_scope, utcnow
 from citeloop.errors import NotFoundError
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
+from feedback.train_generator import GeneratorTrainingArgs
 
 log = logging.getLogger("citeloop.jobs")
 
-JOB_KINDS = ("reranker",)
 UNFINISHED = ("queued", "running")
 LOG_LINES = 50
-# Training options a job request may set (the rest keep the trainer's defaults).
-JOB_OPTIONS = ("epochs", "max_steps", "batch_size", "learning_rate", "hard_negatives", "max_positives_per_query", "max_tokens", "seed")
+# Per job kind: the trainer's arguments, and the options a job request may set (the rest keep their defaults).
+TRAINING_ARGS = {"reranker": RerankerTrainingArgs, "generator": GeneratorTrainingArgs}
+JOB_OPTIONS = {
+    "reranker": ("epochs", "max_steps", "batch_size", "learning_rate", "hard_negatives", "max_positives_per_query", "max_tokens", "seed"),
+    "generator": ("epochs", "max_steps", "batch_size", "gradient_accumulation", "learning_rate", "beta", "lora_rank", "max_length", "seed"),
+}
+JOB_KINDS = tuple(JOB_OPTIONS)
 
 
 class JobError(ValueError):
@@ -102,11 +107,11 @@ def job_queue(settings: Settings):
     return _queue(settings.queue_url, str(settings.data_dir.resolve()))
 
 
-def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(JOB_OPTIONS))
+def check_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(JOB_OPTIONS[kind]))
     if unknown:
-        raise JobError(f"unknown training option(s) {', '.join(unknown)}; a job may set {', '.join(JOB_OPTIONS)}")
-    defaults = RerankerTrainingArgs()
+        raise JobError(f"unknown training option(s) {', '.join(unknown)}; a {kind} job may set {', '.join(JOB_OPTIONS[kind])}")
+    defaults = TRAINING_ARGS[kind]()
     for name, value in options.items():
         if not isinstance(value, type(getattr(defaults, name))) or isinstance(value, bool):
             raise JobError(f"training option '{name}' must be a {type(getattr(defaults, name)).__name__}")
@@ -118,16 +123,20 @@ def submit_job(
 ) -> JobInfo:
     """Record a queued job and put it on the queue. Checks first that the collection's feedback makes a training
     set (TrainingSetError says why not) and that no job of that kind is unfinished for it (JobConflict)."""
+    from feedback.pairs import check_pair_feedback
     from feedback.trainset import build_training_set
 
     if kind not in JOB_KINDS:
         raise JobError(f"unknown job kind '{kind}'; one of {', '.join(JOB_KINDS)}")
-    options = check_options(options or {})
+    options = check_options(kind, options or {})
     reap_stale_jobs(settings)
     job_id = f"job-{uuid.uuid4().hex[:12]}"
     with session_scope(settings) as session:
         # The same gates the job applies, without scrubbing (it does not change what counts).
-        build_training_set(session, collection, lambda text: text, settings.eval_holdout, settings.training_min_queries)
+        if kind == "reranker":
+            build_training_set(session, collection, lambda text: text, settings.eval_holdout, settings.training_min_queries)
+        else:
+            check_pair_feedback(session, collection, settings.eval_holdout, settings.training_min_pairs)
         row = TrainingJob(
             id=job_id, collection_id=get_collection(session, collection).id, kind=kind, status="queued", trigger=trigger,
             requested_by=requested_by, options=options, progress=0.0, log=[f"{utcnow():%H:%M:%S} queued by {requested_by} ({trigger})"],
@@ -301,6 +310,7 @@ class JobReporter:
 
 def run_job(job_id: str, settings: Settings | None = None) -> JobInfo:
     """Run a queued job in this process: claim it, train from feedback, gate, promote if the gate passed."""
+    from feedback.generator_loop import train_generator_from_feedback
     from feedback.reranker_loop import train_from_feedback
 
     settings = settings or get_settings()
@@ -311,13 +321,14 @@ def run_job(job_id: str, settings: Settings | None = None) -> JobInfo:
         row.status, row.started_at, row.heartbeat_at = "running", utcnow(), utcnow()
         row.worker = f"{socket.gethostname()}:{os.getpid()}"
         collection = session.get(Collection, row.collection_id).name
-        args = replace(RerankerTrainingArgs(), **row.options)
+        kind, args = row.kind, replace(TRAINING_ARGS[row.kind](), **row.options)
+    train = train_from_feedback if kind == "reranker" else train_generator_from_feedback
     reporter = JobReporter(job_id, settings)
     status, error, result, version_id, snapshot_id = "failed", None, None, None, None
     with reporter:
         try:
             reporter.stage(f"started on {socket.gethostname()}:{os.getpid()}", 0.01)
-            report = train_from_feedback(collection, args, settings, promote_if_better=True, actor=f"job:{job_id}", reporter=reporter)
+            report = train(collection, args, settings, promote_if_better=True, actor=f"job:{job_id}", reporter=reporter)
             version_id, snapshot_id = report.version.id, report.version.snapshot_id
             result = {"metrics": report.version.metrics, "promoted": report.promoted, "gate": report.version.metrics.get("gate")}
             status = "succeeded"

@@ -81,10 +81,10 @@ class ServedAnswer:
     prompt: tuple[tuple[str, str], ...]
     prompt_format: str | None
     sources: tuple[Source, ...]
+    prompt_key: str = field(init=False)  # names the prompt: answers served from the same one share it
 
-    @property
-    def prompt_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.prompt).encode()).hexdigest()[:16]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt_key", hashlib.sha256(json.dumps(self.prompt).encode()).hexdigest()[:16])
 
     @property
     def refused(self) -> bool:
@@ -175,6 +175,19 @@ def build_pair_set(
             f"at least {min_pairs} are needed (CITELOOP_TRAINING_MIN_PAIRS); dropped: {dict(dropped) or 'none'}"
         )
     return result
+
+
+def check_pair_feedback(session: Session, collection: str, holdout: float, min_pairs: int) -> None:
+    """Raises TrainingSetError when the stored feedback cannot make `min_pairs` training pairs: the pairs counted
+    before verification and personal-data scrubbing, each flagged answer as the pair its regeneration may make
+    (what a job checks before it is queued; the job applies every gate)."""
+    pairs = build_pair_set(session, collection, lambda text: text, lambda question, answer, sources: answer, None, holdout, 0)
+    possible = len(pairs.rows) + pairs.dropped.get("flag_without_regeneration", 0)
+    if possible < min_pairs:
+        raise TrainingSetError(
+            f"collection '{collection}' has feedback for at most {possible} preference pairs to train on (outside the evaluation share); "
+            f"at least {min_pairs} are needed (CITELOOP_TRAINING_MIN_PAIRS); dropped: {pairs.dropped or 'none'}"
+        )
 
 
 def _correction_pairs(events, answers, dropped, out) -> set[str]:

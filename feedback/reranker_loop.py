@@ -289,12 +289,15 @@ def _train_gate_promote(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     stage(f"candidate {version.id} registered; gating it", 0.88)
-    decision = run_gate(version, settings, show_progress)
+    return settle(version, run_gate(version, settings, show_progress), settings, promote_if_better, actor)
+
+
+def settle(version: VersionInfo, decision: GateDecision, settings: Settings, promote_if_better: bool, actor: str) -> LoopReport:
+    """Record a candidate's gate and, when asked and the gate passed, promote it (as `actor`)."""
     record_metrics(version.id, {"gate": gate_record(decision)}, settings)
-    promoted = False
-    if promote_if_better and decision.passed:
+    promoted = promote_if_better and decision.passed
+    if promoted:
         promote(version.id, settings, actor=actor)
-        promoted = True
     return LoopReport(get_version(version.id, settings), decision, promoted)
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from feedback.trainset import PairRow
 
-ADAPTER_GGUF = "adapter.gguf"
 # Where `make install` puts llama.cpp's conversion scripts and the gguf-py they were written against.
 LLAMA_CPP_TOOLS = Path(sys.prefix) / "share" / "llama.cpp"
 

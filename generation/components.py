@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,8 +24,12 @@ from generation.citations import (
     verify_citations,
     with_attributed_markers,
 )
-from generation.engines import Generator, SamplingParams
-from generation.prompt import build_messages, declined, fit_sources, numbered_sources, with_excerpts
+from citeloop.config import Settings
+from citeloop.modelpkg import ModelPackageError
+from citeloop.registry import RegistryError, VersionInfo, active_version, verified_path
+from generation.engines import ADAPTER_GGUF, GenerationError, Generator, SamplingParams, load_generator
+from generation.models import resolve_generator
+from generation.prompt import PROMPT_FORMAT, build_messages, declined, fit_sources, numbered_sources, with_excerpts
 from retrieval.retriever import RetrievedChunk
 from retrieval.sparse import stem
 
@@ -77,8 +82,51 @@ class Draft:
     timings_ms: dict[str, float]  # first_token (from `started`; absent when nothing was written), generate
 
 
+@dataclass(frozen=True)
+class ChosenGenerator:
+    engine: Generator
+    version_id: str | None  # the registry version of kind `generator` whose adapter it applies; None: the base alone
+    note: str | None = None  # why the base alone serves although a version is active
+
+
+class ActiveGenerator:
+    """Component: the engine that answers for a collection: the configured generator with the LoRA adapter of
+    the collection's active `generator` version, or the configured generator alone with a note saying why (none
+    promoted; promoted for other base weights or another prompt format; an artifact that cannot be loaded).
+    Picks up promotions and rollbacks per run."""
+
+    def __init__(self, collection: str, settings: Settings, base: Generator):
+        self.collection = collection
+        self.settings = settings
+        self.base = base
+        self._log = logging.getLogger("citeloop.generation")
+
+    def run(self, version: VersionInfo | None = None) -> ChosenGenerator:
+        """`version`: a generator version asked for by id (an evaluation) instead of the active one; a version
+        that cannot serve is then an error, not a fallback."""
+        chosen = version or active_version(self.collection, "generator", self.settings)
+        if chosen is None:
+            return ChosenGenerator(self.base, None)
+        try:
+            base = chosen.params.get("base") or {}
+            digest = resolve_generator(self.settings.generator, self.settings).digest
+            if base.get("digest") != digest:
+                raise RegistryError(f"its adapter was trained on {base.get('name')}@{str(base.get('digest'))[:12]}, not the configured {self.settings.generator}@{digest[:12]}")
+            if chosen.params.get("prompt_format") != PROMPT_FORMAT:
+                raise RegistryError(f"it was trained on prompts of format {chosen.params.get('prompt_format')}, serving sends {PROMPT_FORMAT}")
+            engine = load_generator(self.settings, adapter=verified_path(chosen) / ADAPTER_GGUF)
+        except (RegistryError, GenerationError, ModelPackageError, OSError) as error:
+            if version is not None:
+                raise
+            # A broken or mismatched active adapter must not take answering down: the base serves, and says why.
+            note = f"active generator {chosen.id} of '{self.collection}' cannot serve ({error}): serving the base generator"
+            self._log.error(note)
+            return ChosenGenerator(self.base, None, note)
+        return ChosenGenerator(engine, chosen.id)
+
+
 class AnswerGenerator:
-    """The loaded engine with the sampling settings: streams an answer's pieces and times them."""
+    """An engine with the sampling settings: streams an answer's pieces and times them."""
 
     def __init__(self, generator: Generator, params: SamplingParams):
         self.generator = generator
@@ -88,14 +136,17 @@ class AnswerGenerator:
     def model_id(self) -> str:
         return self.generator.model_id
 
-    def run(self, messages: list[dict[str, str]], started: float) -> collections.abc.Generator[TokenEvent, None, Draft]:
+    def run(
+        self, messages: list[dict[str, str]], started: float, engine: Generator | None = None
+    ) -> collections.abc.Generator[TokenEvent, None, Draft]:
         """Yields each piece as it is written and returns the Draft; `started` is when the request began
-        (perf_counter), so first_token is what the asker waited."""
+        (perf_counter), so first_token is what the asker waited. `engine`: another engine than the component's
+        (the collection's adapter, chosen per request)."""
         pieces: list[str] = []
         timings: dict[str, float] = {}
         generate_start = time.perf_counter()
         # Closed explicitly when the caller stops reading (an asker who left): the engine's lock is freed then.
-        with contextlib.closing(self.generator.stream(messages, self.params)) as stream:
+        with contextlib.closing((engine or self.generator).stream(messages, self.params)) as stream:
             for piece in stream:
                 if not pieces:
                     timings["first_token"] = elapsed_ms(started)

@@ -23,6 +23,10 @@ from citeloop.lru import LRUCache
 from generation.models import GeneratorWeights, resolve_generator, safetensors_cache
 
 
+# A registry version of kind `generator` is a folder holding the LoRA adapter GGUF under this name.
+ADAPTER_GGUF = "adapter.gguf"
+
+
 class GenerationError(RuntimeError):
     """The generator failed or ran out of time; what it produced is not an answer."""
 
@@ -222,8 +226,9 @@ class TransformersGenerator:
             raise GenerationTimeout(f"generation took longer than {params.timeout_s:.0f} s")
 
 
-# A server serves one generator; an evaluation compares two. Each holds 0.1-2 GB (a GGUF, or fp32 weights).
-LOADED_GENERATORS = 2
+# A server serves one generator (the base, or the base with a collection's adapter); an evaluation compares two.
+# Each holds 0.1-2 GB (a GGUF, or fp32 weights).
+LOADED_GENERATORS = 3
 _loaded: LRUCache[Generator] = LRUCache(LOADED_GENERATORS)
 
 
@@ -246,13 +251,18 @@ def engine_for(weights: GeneratorWeights, settings: Settings) -> str:
     return "llama-cpp" if weights.gguf is not None else "transformers"
 
 
-def load_generator(settings: Settings | None = None, name: str | None = None) -> Generator:
-    """One loaded generator per model, engine and runtime configuration (loads take seconds)."""
+def load_generator(settings: Settings | None = None, name: str | None = None, adapter: Path | None = None) -> Generator:
+    """One loaded generator per model, adapter (a LoRA adapter GGUF, served by llama.cpp), engine and runtime
+    configuration (loads take seconds)."""
     settings = settings or get_settings()
     weights = resolve_generator(name or settings.generator, settings)
     engine = engine_for(weights, settings)
     if engine == "llama-cpp" and weights.gguf is None:
         raise GenerationError(f"{weights.hf_dir}: the llama-cpp engine needs a GGUF file; use CITELOOP_GENERATOR_ENGINE=transformers")
-    key = (weights.digest, engine, settings.context_window, _threads(settings), str(settings.model_cache_dir))
-    cls = LlamaCppGenerator if engine == "llama-cpp" else TransformersGenerator
-    return _loaded.get(key, lambda: cls(weights, settings))
+    if adapter is not None and engine != "llama-cpp":
+        raise GenerationError(f"{adapter}: LoRA adapters are served by llama.cpp over a GGUF; the {engine} engine cannot apply one")
+    lora = (str(adapter), sha256_file_once(adapter)) if adapter is not None else None
+    key = (weights.digest, lora, engine, settings.context_window, _threads(settings), str(settings.model_cache_dir))
+    if engine == "llama-cpp":
+        return _loaded.get(key, lambda: LlamaCppGenerator(weights, settings, adapter))
+    return _loaded.get(key, lambda: TransformersGenerator(weights, settings))

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field
 
 import citeloop  # noqa: F401  (offline switches first)
 from citeloop.config import Settings, get_settings
+from citeloop.registry import VersionInfo
 from generation.citations import AnswerSentence, Citation, SpanEncoder, SupportThresholds
 from generation.components import (
     ABSTAIN_REASONS,
     AbstentionPolicy,
+    ActiveGenerator,
     AnswerGenerator,
     CitationVerifier,
     EvidenceExtractor,
@@ -127,6 +129,7 @@ class AnswerPipeline:
         budget = settings.context_window - settings.max_new_tokens
         self.prompt_builder = PromptBuilder(generator.count_tokens, budget, spans, settings.evidence_sentences)
         self.generator = AnswerGenerator(generator, SamplingParams.from_settings(settings))
+        self.generators = ActiveGenerator(self.collection, settings, generator)
         thresholds = SupportThresholds(settings.citation_min_similarity, settings.citation_min_overlap, settings.citation_min_relevance)
         self.verifier = CitationVerifier(spans, thresholds)
         self.extractor = EvidenceExtractor(spans, settings.extractive_min_similarity)
@@ -146,13 +149,14 @@ class AnswerPipeline:
             )
         return question
 
-    def answer(self, question: str, top_k: int | None = None) -> Answer:
-        for event in self.stream(question, top_k):
+    def answer(self, question: str, top_k: int | None = None, generator: VersionInfo | None = None) -> Answer:
+        for event in self.stream(question, top_k, generator):
             if isinstance(event, DoneEvent):
                 return event.answer
         raise AssertionError("the answer stream ended without a DoneEvent")
 
-    def stream(self, question: str, top_k: int | None = None) -> Iterator[AnswerEvent]:
+    def stream(self, question: str, top_k: int | None = None, generator: VersionInfo | None = None) -> Iterator[AnswerEvent]:
+        """`generator`: a generator version to answer with (an evaluation) instead of the collection's active one."""
         question = self.check_question(question)
         started = time.perf_counter()
         timings: dict[str, float] = {}
@@ -163,7 +167,10 @@ class AnswerPipeline:
         ranked = self.reranker.run(question, retrieved.hits, wanted)
         timings["retrieve"] = elapsed_ms(started)
         prompt = self.prompt_builder.run(question, ranked.hits)
-        models = {"reranker": ranked.reranker, "generator": self.generator.model_id, "embedder": EMBEDDER_ID}
+        chosen = self.generators.run(generator)
+        models = {
+            "reranker": ranked.reranker, "generator": chosen.engine.model_id, "generator_version": chosen.version_id, "embedder": EMBEDDER_ID,
+        }
         yield ContextsEvent(prompt.contexts)
 
         def finish(text: str, reason: str | None, sentences=(), citations=(), draft: str = "", extractive: bool = False) -> DoneEvent:
@@ -196,7 +203,7 @@ class AnswerPipeline:
         if reason := self.policy.before_generating(prompt.contexts, counts, retrieved.chunks):
             yield finish(REFUSAL, reason)
             return
-        draft = yield from self.generator.run(prompt.messages, started)
+        draft = yield from self.generator.run(prompt.messages, started, chosen.engine)
         timings |= draft.timings_ms
         if reason := self.policy.after_generating(draft.text):
             yield refuse_or_extract(reason, draft.text)

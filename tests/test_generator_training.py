@@ -10,7 +10,6 @@ from transformers import TrainerCallback
 
 from citeloop.config import Settings
 from feedback.train_generator import (
-    ADAPTER_GGUF,
     GeneratorTrainingArgs,
     GeneratorTrainingError,
     adapter_to_gguf,
@@ -21,7 +20,7 @@ from feedback.train_generator import (
 )
 from feedback.trainset import PairRow
 from generation.citations import Source
-from generation.engines import GenerationError, LlamaCppGenerator, SamplingParams, llama_cpp_logprobs
+from generation.engines import ADAPTER_GGUF, GenerationError, LlamaCppGenerator, SamplingParams, llama_cpp_logprobs
 from generation.models import resolve_generator, safetensors_cache
 from generation.prompt import PROMPT_FORMAT, REFUSAL, build_messages
 

@@ -211,3 +211,7 @@ def test_gate_refuses_a_gain_whose_paired_bootstrap_interval_reaches_zero():
     passed = gate_decision(steady, base, "hybrid", 0.005, 0.005, min_ci_lower=0.0)
     assert passed.passed and 0 < passed.ci_low <= passed.gain <= passed.ci_high
     assert "per_query" not in passed.candidate  # the record keeps the means only
+    # Gains equal but for float rounding: BCa has no interval there (NaN), which must neither pass nor vanish.
+    even = {"ndcg@10": 0.6, "recall@100": 0.9, "per_query": {str(q): 0.5 + 0.1 * (1 + q * 1e-12) for q in range(10)}}
+    decision = gate_decision(even, base, "hybrid", 0.005, 0.005, min_ci_lower=0.0)
+    assert decision.passed and decision.ci_low == pytest.approx(0.1) and decision.ci_high == pytest.approx(0.1)

@@ -1,0 +1,197 @@
+"""Train a collection's generator from its stored feedback: preference pairs (a snapshot), DPO of a LoRA adapter on
+the configured generator, conversion for llama.cpp, a registry version of kind `generator`, and the gate that
+decides whether it serves.
+
+The gate answers the collection's QA evaluation questions twice through the collection's own pipeline (same
+retrieval, same prompts), with the candidate's adapter and with what serves now (the active adapter, or the base
+generator), and compares `eval qa` metrics. The questions are the held-out share of the pairs' questions, never
+trained on: a chosen answer that is not a refusal is a reference answer (the documents it cites its gold), a
+chosen refusal makes the question unanswerable. The candidate passes when its answer-F1 gain's paired bootstrap
+interval lies above CITELOOP_GATE_MIN_CI_LOWER (with CITELOOP_GATE_REQUIRE_CI) and the gain reaches
+CITELOOP_GATE_MIN_ANSWER_F1_GAIN, unless its decline rate on answerable questions rose by more than
+CITELOOP_GATE_MAX_ABSTAIN_RISE or it refuses fewer of the unanswerable ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from citeloop.config import Settings, get_settings
+from citeloop.db import AnswerRecord, session_scope
+from citeloop.registry import GateDecision, VersionInfo, active_version, models_dir, paired_bootstrap, register_candidate
+from eval.qa import QuestionRow, evaluate_qa
+from feedback.reranker_loop import LoopReport, settle
+from feedback.trainset import PairRow, TrainingSetError
+from generation.citations import Source, split_cited_sentences
+from generation.engines import ADAPTER_GGUF, SamplingParams
+from generation.prompt import PROMPT_FORMAT, REFUSAL, build_messages
+
+# The metrics a generator's gate record keeps of each side (eval qa names).
+GATE_METRICS = (
+    "answerable", "unanswerable", "errors", "answer_f1", "answer_contains_reference", "citation_precision", "citation_recall",
+    "decline_rate_answerable", "extractive_rate_answerable", "refusal_rate_unanswerable",
+)
+
+
+def gate_questions(eval_pairs: list[PairRow], doc_ids_of: dict[str, list[str]]) -> list[QuestionRow]:
+    """The held-out pairs' questions as `eval qa` rows. `doc_ids_of`: answer id -> the document id of each source
+    its prompt showed, in order (the chosen answer's citations name them)."""
+    rows: dict[str, QuestionRow] = {}
+    refused: set[str] = set()
+    for pair in eval_pairs:
+        row = rows.setdefault(pair.query_id, QuestionRow(pair.query_id, pair.query))
+        if pair.chosen == REFUSAL:
+            refused.add(pair.query_id)
+            continue
+        sentences = split_cited_sentences(pair.chosen, len(doc_ids_of.get(pair.answer_id, ())))
+        reference = " ".join(s.text for s in sentences).strip()
+        if reference and reference not in row.references:
+            row.references.append(reference)
+        docs = doc_ids_of.get(pair.answer_id, [])
+        for n in sorted({n for s in sentences for n in s.cited}):
+            if docs[n - 1] not in row.doc_ids:
+                row.doc_ids.append(docs[n - 1])
+    # A question some pair answers is answerable whatever another pair chose for it.
+    return [row for row in rows.values() if row.references or row.id in refused]
+
+
+def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settings: Settings) -> GateDecision:
+    """Candidate and baseline are `evaluate_qa` results on the same questions."""
+    mine, theirs = candidate["metrics"], baseline["metrics"]
+    f1 = lambda result: {r["id"]: r["answer_f1"] for r in result["rows"] if r["answerable"] and r["answer_f1"] is not None}  # noqa: E731
+    kept = lambda metrics: {k: metrics.get(k) for k in GATE_METRICS}  # noqa: E731
+    if not f1(candidate):
+        return GateDecision(False, "no answerable evaluation question was answered by both: nothing to compare", kept(mine), kept(theirs), baseline_name)
+    gain, low, high = paired_bootstrap(f1(candidate), f1(baseline), settings.gate_confidence)
+    interval = {"gain": round(gain, 4), "ci_low": round(low, 4), "ci_high": round(high, 4), "confidence": settings.gate_confidence}
+
+    def decided(passed: bool, why: str) -> GateDecision:
+        head = (
+            f"answer F1 {mine['answer_f1']:.4f} vs {baseline_name} {theirs['answer_f1']:.4f}: gain {gain:+.4f} "
+            f"({settings.gate_confidence:.0%} CI {low:+.4f} .. {high:+.4f})"
+        )
+        return GateDecision(passed, f"{head}{why}", kept(mine), kept(theirs), baseline_name, **interval)
+
+    rise = (mine["decline_rate_answerable"] or 0.0) - (theirs["decline_rate_answerable"] or 0.0)
+    if rise > settings.gate_max_abstain_rise:
+        return decided(False, f"; decline rate on answerable questions rose by {rise:.4f} > {settings.gate_max_abstain_rise:.4f}")
+    if theirs["refusal_rate_unanswerable"] is not None and mine["refusal_rate_unanswerable"] < theirs["refusal_rate_unanswerable"]:
+        return decided(
+            False, f"; refusal of unanswerable questions fell: {mine['refusal_rate_unanswerable']:.4f} vs {theirs['refusal_rate_unanswerable']:.4f}"
+        )
+    if gain < settings.gate_min_answer_f1_gain:
+        return decided(False, f" < required {settings.gate_min_answer_f1_gain:+.4f}")
+    if settings.gate_require_ci and not low > settings.gate_min_ci_lower:  # a NaN bound fails too
+        return decided(False, f": the interval's lower bound is not above {settings.gate_min_ci_lower:+.4f}")
+    return decided(True, "")
+
+
+def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None) -> GateDecision:
+    """The candidate against what serves the collection now, on the version's evaluation questions."""
+    rows = [QuestionRow(**row) for row in version.params["eval"]["questions"]]
+    active = active_version(version.collection, "generator", settings)
+    baseline_name = f"active generator {active.id}" if active and active.id != version.id else "the base generator"
+    baseline = evaluate_qa(rows, lambda q: pipeline.answer(q, generator=active), on_row)
+    candidate = evaluate_qa(rows, lambda q: pipeline.answer(q, generator=version), on_row)
+    decision = qa_gate_decision(candidate, baseline, baseline_name, settings)
+    return replace(decision, reason=f"{len(rows)} held-out questions: {decision.reason}")
+
+
+def run_generator_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
+    """`run_qa_gate` through a new pipeline of the version's collection (a promotion asked for later)."""
+    from citeloop.progress import progress_bar
+    from generation.pipeline import AnswerPipeline
+
+    settings = settings or get_settings()
+    questions = len(version.params.get("eval", {}).get("questions", ()))
+    if not questions:
+        raise ValueError(f"model version '{version.id}' records no evaluation questions to gate it on")
+    pipeline = AnswerPipeline(version.collection, settings)
+    with progress_bar("gating", 2 * questions, enabled=show_progress) as advance:
+        return run_qa_gate(version, pipeline, settings, on_row=lambda _: advance(1))
+
+
+def regenerator(pipeline, settings: Settings):
+    """Answers a question from given sources with the collection's serving engine (for flagged citations)."""
+    params = SamplingParams.from_settings(settings)
+
+    def regenerate(question: str, sources: list[Source]) -> str:
+        engine = pipeline.generators.run().engine
+        return "".join(engine.stream(build_messages(question, sources), params)).strip()
+
+    return regenerate
+
+
+def train_generator_from_feedback(
+    collection: str,
+    args=None,
+    settings: Settings | None = None,
+    promote_if_better: bool = False,
+    actor: str = "cli",
+    reporter=None,
+    until: datetime | None = None,
+) -> LoopReport:
+    """Pairs from the collection's stored feedback (saved as a snapshot), a LoRA adapter trained on them, registered
+    with the active generator version (if any) as parent, gated; `promote_if_better`: promoted (as `actor`) when
+    the gate passed. `reporter`: a job's `JobReporter`; `until`: only events created up to then."""
+    from feedback.evalsets import uploaded_query_keys
+    from feedback.pairs import build_pair_set, citation_verifier
+    from feedback.pii import feedback_scrubber
+    from feedback.train_generator import GeneratorTrainingArgs, adapter_to_gguf, train_adapter
+    from feedback.trainset import save_snapshot
+    from generation.models import resolve_generator, safetensors_cache
+    from generation.pipeline import AnswerPipeline
+
+    stage = reporter.stage if reporter else (lambda message, progress: None)
+    settings = settings or get_settings()
+    args = args or GeneratorTrainingArgs()
+    stage("building preference pairs from stored feedback", 0.02)
+    pipeline = AnswerPipeline(collection, settings)
+    scrub = feedback_scrubber(pipeline.search.retriever)
+    with session_scope(settings) as session:
+        pairs = build_pair_set(
+            session, collection, scrub, citation_verifier(settings), regenerator(pipeline, settings), settings.eval_holdout,
+            settings.training_min_pairs, uploaded_query_keys(session, collection), until,
+        )
+        held_out = session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_({p.answer_id for p in pairs.eval_rows})))
+        contexts = {record.id: [c.get("doc_id", "") for c in record.contexts] for record in held_out}
+        questions = gate_questions(pairs.eval_rows, contexts)
+        if not questions:
+            raise TrainingSetError(
+                f"no preference pair of collection '{collection}' fell in the evaluation share: the gate has no question to "
+                "compare answers on; give more feedback"
+            )
+        snapshot = save_snapshot(session, collection, "generator", pairs)
+    weights = resolve_generator(settings.generator, settings)
+    stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} pairs, {len(questions)} held-out questions to gate on", 0.05)
+    stage(f"DPO of a LoRA adapter on {weights.name}", 0.06)
+    base = safetensors_cache(weights, settings)
+    parent = active_version(collection, "generator", settings)
+    staging = models_dir(settings) / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=staging))
+    try:
+        artifact = scratch / "artifact"
+        callbacks = [reporter.training_callback(0.08, 0.7)] if reporter else []
+        figures = train_adapter(pairs.rows, base, artifact / "peft", args, callbacks)
+        stage("converting the adapter for llama.cpp", 0.72)
+        adapter_to_gguf(artifact / "peft", base, artifact / ADAPTER_GGUF)
+        version = register_candidate(
+            artifact, collection, "generator", snapshot.id,
+            params=args.as_params() | {
+                "base": {"name": weights.name, "digest": weights.digest},
+                "prompt_format": PROMPT_FORMAT,
+                "eval": {"questions": [asdict(q) for q in questions], "snapshot": snapshot.id, "counts": snapshot.counts, "dropped": snapshot.dropped},
+            },
+            metrics=figures, parent_id=parent.id if parent else None, settings=settings,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    stage(f"candidate {version.id} registered; gating it on {len(questions)} held-out questions", 0.75)
+    return settle(version, run_qa_gate(version, pipeline, settings), settings, promote_if_better, actor)

@@ -1,0 +1,102 @@
+"""The generator gate's rules on `eval qa` results, the questions it is gated on (from held-out preference pairs),
+and the replay harness's simulated user and curator: pure functions, checked on hand-made results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from citeloop.config import Settings
+from eval.answer_feedback_loop import gold_source, liked, split_questions
+from eval.qa import QuestionRow
+from feedback.examples import is_holdout, query_key
+from feedback.generator_loop import gate_questions, qa_gate_decision
+from feedback.trainset import PairRow
+from generation.prompt import PROMPT_FORMAT, REFUSAL
+
+
+def result(f1: list[float], declined: list[bool], refused_unanswerable: list[bool]) -> dict:
+    """An evaluate_qa result: answerable rows with their F1 and declines, then unanswerable rows."""
+    rows = [{"id": f"a{i}", "answerable": True, "answer_f1": v} for i, v in enumerate(f1)]
+    rows += [{"id": f"u{i}", "answerable": False, "answer_f1": None} for i in range(len(refused_unanswerable))]
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    metrics = {
+        "answer_f1": mean(f1), "decline_rate_answerable": mean(declined), "refusal_rate_unanswerable": mean(refused_unanswerable),
+        "answerable": len(f1), "unanswerable": len(refused_unanswerable),
+    }
+    return {"metrics": metrics, "rows": rows}
+
+
+SETTINGS = Settings(data_dir=Path("/nonexistent"))
+BASE_F1 = [0.2, 0.3, 0.1, 0.4, 0.25, 0.3, 0.2, 0.35, 0.15, 0.3]
+
+
+def test_a_consistently_better_generator_passes():
+    base = result(BASE_F1, [False] * 10, [True, False])
+    better = result([v + 0.2 for v in BASE_F1], [False] * 10, [True, False])
+    decision = qa_gate_decision(better, base, "the base generator", SETTINGS)
+    assert decision.passed and decision.gain == pytest.approx(0.2) and decision.ci_low > 0, decision.reason
+
+
+def test_a_lucky_gain_on_one_question_does_not_pass():
+    base = result(BASE_F1, [False] * 10, [])
+    lucky = result([BASE_F1[0] + 0.9, *BASE_F1[1:]], [False] * 10, [])
+    decision = qa_gate_decision(lucky, base, "the base generator", SETTINGS)
+    assert not decision.passed and "lower bound" in decision.reason
+
+
+def test_more_declines_or_fewer_refusals_fail_whatever_the_f1():
+    base = result(BASE_F1, [False] * 10, [True, True])
+    declining = result([v + 0.2 for v in BASE_F1], [True] + [False] * 9, [True, True])  # +0.10 > 0.05
+    assert "decline rate on answerable questions rose by 0.1000" in qa_gate_decision(declining, base, "b", SETTINGS).reason
+    answering = result([v + 0.2 for v in BASE_F1], [False] * 10, [True, False])
+    decision = qa_gate_decision(answering, base, "b", SETTINGS)
+    assert not decision.passed and "refusal of unanswerable questions fell" in decision.reason
+
+
+def pair(query_id: str, chosen: str, answer_id: str) -> PairRow:
+    return PairRow(query_id, f"question {query_id}", (("user", "q"),), PROMPT_FORMAT, chosen, "wrong [1].", "correction", 1.0, answer_id, ("e",))
+
+
+def test_gate_questions_take_references_and_gold_documents_from_the_chosen_answers():
+    pairs = [
+        pair("q1", "Release 3 reads TOML files [2].", "a1"),
+        pair("q2", REFUSAL, "a2"),
+        pair("q3", REFUSAL, "a3"),
+        pair("q3", "It reads YAML [1].", "a4"),  # answered by one pair: answerable
+    ]
+    contexts = {"a1": ["d1", "d2"], "a2": ["d5"], "a3": ["d6"], "a4": ["d7", "d8"]}
+    rows = {r.id: r for r in gate_questions(pairs, contexts)}
+    assert rows["q1"].references == ["Release 3 reads TOML files."] and rows["q1"].doc_ids == ["d2"]
+    assert not rows["q2"].answerable and rows["q2"].doc_ids == []
+    assert rows["q3"].answerable and rows["q3"].doc_ids == ["d7"]
+
+
+def test_the_simulated_user_likes_matching_answers_that_cite_a_gold_document():
+    row = QuestionRow("1", "What does release 3 read?", ["Release 3 reads TOML files."], ["d3"])
+    answer = {"abstained": False, "answer": "Release 3 reads TOML files [1].", "citations": [{"doc_id": "d3"}]}
+    assert liked(row, answer)
+    assert not liked(row, answer | {"citations": [{"doc_id": "d9"}]})  # right words, wrong source
+    assert not liked(row, answer | {"answer": "It reads YAML [1]."})
+    assert not liked(row, answer | {"abstained": True})
+    shown = [{"doc_id": "d9", "text": "Release 3 reads TOML files."}, {"doc_id": "d3", "text": "Release 3 notes."}, {"doc_id": "d3", "text": "It reads TOML files."}]
+    assert gold_source(row, shown) == 3  # the gold document's source holding most of the reference
+    assert gold_source(row, shown[:1]) is None
+    unanswerable = QuestionRow("2", "What does release 99 read?")
+    assert liked(unanswerable, {"abstained": True, "answer": REFUSAL, "citations": []})
+
+
+def test_the_harness_never_tests_on_a_question_it_asked(tmp_path):
+    lines = [f'{{"id": "{i}", "user_input": "question number {i}?", "reference": "r"}}' for i in range(40)]
+    dev, test = tmp_path / "dev.jsonl", tmp_path / "test.jsonl"
+    dev.write_text("\n".join(lines) + "\n")
+    asked, tested = split_questions(dev, dev, None, 0.2)  # one file: a held-out slice is the test set
+    assert asked and tested and not {r.question for r in asked} & {r.question for r in tested}
+    # The job's gate holds out its own slice of the asked questions' pairs: some must be left for it.
+    assert any(is_holdout(query_key(r.question), 0.2) for r in asked)
+    test.write_text("\n".join(lines[:5] + ['{"id": "new", "user_input": "a question never asked?", "reference": "r"}']) + "\n")
+    asked, tested = split_questions(dev, test, None, 0.2)
+    assert len(asked) == 40 and [r.id for r in tested] == ["new"]
+    with pytest.raises(ValueError, match="both need some"):
+        split_questions(dev, dev, None, 0.0001)

@@ -1,0 +1,135 @@
+"""The generator learns from feedback, end to end on real parts: questions asked over real HTTP (SmolLM2 answering),
+curators' judgements and corrections through the API, a `generator` job on huey's SQLite queue run by a real
+`citeloop worker` process (DPO of a LoRA adapter, llama.cpp conversion), the registry and the QA gate.
+
+The feedback teaches refusing: curators judge every source shown for the training questions not relevant, so the
+pairs choose "I don't know" over the answers; the held-out questions get corrections, so the gate scores answers
+the adapter has learnt to decline. The gate must refuse that adapter; promoted by force it serves the collection
+(answers name it), and a rollback puts the base generator back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from api.client import CiteloopError, Client
+from citeloop.config import Settings
+from citeloop.keys import create_key
+from citeloop.registry import active_version, get_version, list_versions, promote, rollback
+from feedback.examples import is_holdout, query_key
+from tests.conftest import REPO
+from tests.test_api_in_process import served
+from tests.test_jobs import finished, wait_for
+
+pytestmark = pytest.mark.slow
+
+FORMATS = ["TOML", "YAML", "JSON", "INI", "XML", "CSV", "HCL", "EDN", "CUE", "Dhall", "KDL", "Jsonnet", "Pkl", "Nix", "Starlark", "RON"]
+# The worker process reads its settings from the environment: the same as the test's.
+ENVIRONMENT = {
+    "CITELOOP_GENERATOR": "smollm2-135m",
+    "CITELOOP_MAX_NEW_TOKENS": "32",
+    "CITELOOP_ANSWER_CONTEXTS": "2",
+    "CITELOOP_EXTRACTIVE_MIN_SIMILARITY": "1.01",  # never quote a source instead of a declined answer: the gate sees the model
+    "CITELOOP_TRAINING_MIN_PAIRS": "4",
+    "CITELOOP_EVAL_HOLDOUT": "0.3",
+    "CITELOOP_JOB_HEARTBEAT_S": "0.5",
+}
+DPO = {"max_steps": 8, "batch_size": 2, "gradient_accumulation": 1, "learning_rate": 0.005, "max_length": 512}
+
+
+def question(i: int) -> str:
+    return f"Which configuration format does release {i} of the parser read?"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("generator-loop") / "var",
+        **{k.removeprefix("CITELOOP_").lower(): v for k, v in ENVIRONMENT.items()},
+    )
+    keys = {"admin": create_key("admin", "admin", ["*"], settings), "curator": create_key("curator", "curator", ["*"], settings)}
+    with served(settings) as (base, _app, _loop):
+        admin, curator = Client(base, keys["admin"]), Client(base, keys["curator"])
+        documents = [
+            {"id": f"release-{i}", "title": f"Release {i}", "text": f"Release {i} of the parser reads configuration files written in {fmt}."}
+            for i, fmt in enumerate(FORMATS)
+        ]
+        admin.create_collection("releases")
+        admin.add_documents("releases", documents)
+        for i in range(len(FORMATS)):
+            answer = admin.ask("releases", question(i))
+            shown = answer["contexts"]
+            if is_holdout(query_key(question(i)), settings.eval_holdout):
+                n = next((k for k, c in enumerate(shown, start=1) if c["doc_id"] == f"release-{i}"), None)
+                if n is not None:
+                    curator.correct(answer["answer_id"], f"Release {i} of the parser reads configuration files written in {FORMATS[i]} [{n}].")
+            else:
+                for context in shown:
+                    curator.judge(context["chunk_id"], False, answer_id=answer["answer_id"])
+        yield settings, admin, curator
+
+
+def run_worker(settings: Settings, log_path) -> subprocess.Popen:
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), **ENVIRONMENT)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_a_generator_job_trains_gates_and_refuses_an_adapter_that_declines_answerable_questions(site, tmp_path):
+    settings, admin, _ = site
+    job = admin.submit_job("releases", kind="generator", options=DPO)
+    assert job["kind"] == "generator" and job["status"] == "queued"
+    worker = run_worker(settings, tmp_path / "worker.log")
+    try:
+        job = wait_for(admin, job["id"], finished, timeout_s=900)
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)
+    assert job["status"] == "succeeded", (job, (tmp_path / "worker.log").read_text()[-3000:])
+    assert any("training step 8/8" in line for line in job["log"]) and job["progress"] == 1.0
+    version = get_version(job["version_id"], settings)
+    assert version.kind == "generator" and version.status == "candidate" and version.parent_id is None
+    assert version.params["base"]["name"] == "smollm2-135m" and version.snapshot_id == job["snapshot_id"]
+    assert version.metrics["pairs"] >= 4 and (version.path / "adapter.gguf").is_file()
+    gate = version.metrics["gate"]
+    # Trained to refuse, the adapter declines the held-out answerable questions the base generator answers.
+    assert not gate["passed"] and "decline rate on answerable questions rose" in gate["reason"], gate
+    assert job["result"]["promoted"] is False and active_version("releases", "generator", settings) is None
+
+
+def test_a_promoted_adapter_serves_the_collection_and_a_rollback_restores_the_base(site):
+    settings, admin, _ = site
+    [candidate] = list_versions(settings, "releases", "generator")
+    before = admin.ask("releases", question(1))
+    assert before["models"]["generator_version"] is None and "+lora@" not in before["models"]["generator"]
+    promote(candidate.id, settings, actor="test", force=True)
+    after = admin.ask("releases", question(1))
+    assert after["models"]["generator_version"] == candidate.id and "+lora@" in after["models"]["generator"]
+    rollback("releases", "generator", settings, actor="test")
+    again = admin.ask("releases", question(1))
+    assert again["models"]["generator_version"] is None and again["models"]["generator"] == before["models"]["generator"]
+
+
+def test_bad_generator_job_requests_are_clear_errors(site):
+    settings, admin, _ = site
+    with pytest.raises(CiteloopError) as unknown:
+        admin.submit_job("releases", kind="generator", options={"hard_negatives": 2})
+    assert unknown.value.status in (400, 422) and "hard_negatives" in unknown.value.message
+    admin.create_collection("empty")
+    admin.add_documents("empty", [{"id": "x", "title": "X", "text": "Nothing anyone asked about."}])
+    with pytest.raises(CiteloopError) as nothing:
+        admin.submit_job("empty", kind="generator")
+    assert nothing.value.status == 422 and "no feedback to train on" in nothing.value.message
+
+
+def test_feedback_preview_shows_the_pairs_a_generator_job_would_train_on(site):
+    settings, _, _ = site
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), **ENVIRONMENT)
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli", "feedback", "preview", "releases", "--kind", "generator"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "pairs_refusal" in shown.stdout and "refusal: " in shown.stdout and "preference pairs: enough to train" in shown.stdout
