@@ -237,7 +237,7 @@ class EvalSetInfoOut(BaseModel):
 class TrainingOptions(Strict):
     """Training arguments a job may override (the rest keep the trainer's defaults). Rerankers: epochs, max_steps,
     batch_size, learning_rate, hard_negatives, max_positives_per_query, max_tokens, seed; generators: epochs,
-    max_steps, batch_size, gradient_accumulation, learning_rate, beta, lora_rank, max_length, seed."""
+    max_steps, batch_size, gradient_accumulation, learning_rate, beta, lora_rank, max_length, bf16, seed."""
 
     epochs: int | None = Field(None, ge=1, le=50)
     max_steps: int | None = Field(None, ge=1)
@@ -250,6 +250,7 @@ class TrainingOptions(Strict):
     beta: float | None = Field(None, gt=0, le=10)
     lora_rank: int | None = Field(None, ge=1, le=256)
     max_length: int | None = Field(None, ge=64, le=32768)
+    bf16: bool | None = None
     seed: int | None = None
 
 

@@ -1,6 +1,6 @@
 """DPO benchmark (a script, not a test): how long training a LoRA adapter on N preference pairs takes here.
 
-    python bench/bench_dpo.py --generator smollm2-135m --pairs 200 [--epochs 1] [--json OUT]
+    python bench/bench_dpo.py --generator smollm2-135m --pairs 200 [--epochs 1] [--max-steps N] [--bf16] [--json OUT]
 
 Pairs are shaped like served ones: a COVID-QA dev question, the serving prompt over three sources (a ~120-word
 window of its reference article holding the answer, and windows of two other articles), the reference answer
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--data-dir", type=Path, default=REPO / "var")
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     rendered = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in rows]
     prompt_tokens = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rendered]
-    args = GeneratorTrainingArgs(epochs=options.epochs, max_steps=options.max_steps)
+    args = GeneratorTrainingArgs(epochs=options.epochs, max_steps=options.max_steps, bf16=options.bf16)
     with tempfile.TemporaryDirectory() as out:
         figures = train_adapter(rows, base, Path(out), args)
     import torch

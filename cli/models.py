@@ -92,13 +92,14 @@ def train_generator_command(
     learning_rate: Annotated[float, typer.Option("--lr")] = DPO_DEFAULTS.learning_rate,
     beta: Annotated[float, typer.Option("--beta", help="How far DPO may move from the base generator.")] = DPO_DEFAULTS.beta,
     lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = DPO_DEFAULTS.lora_rank,
+    bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast: 1.5x faster DPO steps on a Zen 4 CPU (bench/README.md).")] = DPO_DEFAULTS.bf16,
     seed: Annotated[int, typer.Option("--seed")] = DPO_DEFAULTS.seed,
 ) -> None:
     """Train a LoRA adapter of the configured generator by DPO on a collection's preference pairs (corrections,
     votes, flagged citations, refusals), gate it on the held-out pairs' questions, optionally promote it."""
     from feedback.generator_loop import train_generator_from_feedback
 
-    args = replace(DPO_DEFAULTS, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, beta=beta, lora_rank=lora_rank, seed=seed)
+    args = replace(DPO_DEFAULTS, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, beta=beta, lora_rank=lora_rank, bf16=bf16, seed=seed)
     report = train_generator_from_feedback(collection, args, promote_if_better=promote, actor=cli_actor())
     verdict = "[green]passed[/]" if report.decision.passed else "[red]failed[/]"
     console.print(

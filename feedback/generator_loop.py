@@ -95,9 +95,10 @@ def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settin
 def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None) -> GateDecision:
     """The candidate against what serves the collection now, on the version's evaluation questions."""
     rows = [QuestionRow(**row) for row in version.params["eval"]["questions"]]
-    active = active_version(version.collection, "generator", settings)
-    baseline_name = f"active generator {active.id}" if active and active.id != version.id else "the base generator"
-    baseline = evaluate_qa(rows, lambda q: pipeline.answer(q, generator=active), on_row)
+    # What serves now: the active adapter, or the base where there is none or it cannot serve (ActiveGenerator).
+    serving = pipeline.generators.run().version_id
+    baseline_name = f"active generator {serving}" if serving else "the base generator"
+    baseline = evaluate_qa(rows, pipeline.answer, on_row)
     candidate = evaluate_qa(rows, lambda q: pipeline.answer(q, generator=version), on_row)
     decision = qa_gate_decision(candidate, baseline, baseline_name, settings)
     return replace(decision, reason=f"{len(rows)} held-out questions: {decision.reason}")

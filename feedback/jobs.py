@@ -39,7 +39,7 @@ LOG_LINES = 50
 TRAINING_ARGS = {"reranker": RerankerTrainingArgs, "generator": GeneratorTrainingArgs}
 JOB_OPTIONS = {
     "reranker": ("epochs", "max_steps", "batch_size", "learning_rate", "hard_negatives", "max_positives_per_query", "max_tokens", "seed"),
-    "generator": ("epochs", "max_steps", "batch_size", "gradient_accumulation", "learning_rate", "beta", "lora_rank", "max_length", "seed"),
+    "generator": ("epochs", "max_steps", "batch_size", "gradient_accumulation", "learning_rate", "beta", "lora_rank", "max_length", "bf16", "seed"),
 }
 JOB_KINDS = tuple(JOB_OPTIONS)
 
@@ -113,8 +113,9 @@ def check_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
         raise JobError(f"unknown training option(s) {', '.join(unknown)}; a {kind} job may set {', '.join(JOB_OPTIONS[kind])}")
     defaults = TRAINING_ARGS[kind]()
     for name, value in options.items():
-        if not isinstance(value, type(getattr(defaults, name))) or isinstance(value, bool):
-            raise JobError(f"training option '{name}' must be a {type(getattr(defaults, name)).__name__}")
+        expected = type(getattr(defaults, name))
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):  # True is an int too
+            raise JobError(f"training option '{name}' must be a {expected.__name__}")
     return dict(options)
 
 

@@ -40,6 +40,7 @@ class GeneratorTrainingArgs:
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     max_length: int = 1536  # prompt + answer tokens; longer pairs are truncated from the answer's end
+    bf16: bool = False  # bfloat16 autocast (the adapter is saved in fp32 either way)
     seed: int = 0
 
     def as_params(self) -> dict:
@@ -92,7 +93,8 @@ def train_adapter(
             logging_steps=1,
             save_strategy="no",
             report_to=[],
-            use_cpu=not torch.cuda.is_available(),
+            bf16=args.bf16,
+            use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 without a GPU unless told it runs on the CPU
             dataloader_num_workers=0,
             disable_tqdm=True,
         )

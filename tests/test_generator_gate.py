@@ -1,5 +1,6 @@
 """The generator gate's rules on `eval qa` results, the questions it is gated on (from held-out preference pairs),
-and the replay harness's simulated user and curator: pure functions, checked on hand-made results."""
+the replay harness's simulated user and curator, and job options per kind: pure functions, checked on hand-made
+results."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from eval.answer_feedback_loop import gold_source, liked, split_questions
 from eval.qa import QuestionRow
 from feedback.examples import is_holdout, query_key
 from feedback.generator_loop import gate_questions, qa_gate_decision
+from feedback.jobs import JobError, check_options
 from feedback.trainset import PairRow
 from generation.prompt import PROMPT_FORMAT, REFUSAL
 
@@ -100,3 +102,13 @@ def test_the_harness_never_tests_on_a_question_it_asked(tmp_path):
     assert len(asked) == 40 and [r.id for r in tested] == ["new"]
     with pytest.raises(ValueError, match="both need some"):
         split_questions(dev, dev, None, 0.0001)
+
+
+def test_job_options_are_checked_per_kind():
+    assert check_options("generator", {"bf16": True, "max_steps": 3}) == {"bf16": True, "max_steps": 3}
+    with pytest.raises(JobError, match="'max_steps' must be a int"):
+        check_options("generator", {"max_steps": True})  # a bool is an int to Python, not to a trainer
+    with pytest.raises(JobError, match="a generator job may set"):
+        check_options("generator", {"hard_negatives": 2})
+    with pytest.raises(JobError, match="a reranker job may set"):
+        check_options("reranker", {"beta": 0.2})
