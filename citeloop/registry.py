@@ -9,7 +9,10 @@ second active version. Servers pick changes up on their next request (`active_ve
 from __future__ import annotations
 
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +78,19 @@ def _info(row: ModelVersion, collection: str) -> VersionInfo:
 
 def models_dir(settings: Settings) -> Path:
     return settings.data_dir / "models"
+
+
+@contextmanager
+def staging_dir(settings: Settings) -> Iterator[Path]:
+    """A scratch directory beside the registry's artifacts (the same file system, so `register_candidate` moves a
+    finished artifact instead of copying it), removed afterwards with whatever was not registered."""
+    staging = models_dir(settings) / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=staging))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _collection_id(session: Session, name: str) -> int:

@@ -7,9 +7,9 @@ answer matches a reference (token F1 >= 0.5) and cites a gold document, or, for 
 when it declines; down otherwise. A simulated curator flags every citation outside the gold documents; for a
 thumbs-down answer to an answerable question writes the reference answer as the correction, citing the shown source
 of a gold document that holds most of the reference's words (no correction when no gold source was shown:
-counted); for a thumbs-down answer to an unanswerable question judges every source it was shown not relevant. A `generator` job then trains from that
-stored feedback alone (pairs, DPO, gate, promotion if it passes); the test questions are answered before and
-after, with `eval qa`'s metrics.
+counted); for a thumbs-down answer to an unanswerable question judges every source it was shown not relevant.
+A `generator` job then trains from that stored feedback alone (pairs, DPO, gate, promotion if it passes); the test
+questions are answered before and after, with `eval qa`'s metrics.
 
 When the test file is the dev file, a held-out slice of its questions is the test set and the rest is asked: the
 slice after the one the job's gate holds out of the pairs (`is_holdout` fold 1, the gate's is fold 0), so the
@@ -25,10 +25,9 @@ from pathlib import Path
 
 from citeloop.config import Settings
 from eval.feedback_loop import job_seconds, running_service, succeeded
-from eval.qa import QuestionRow, evaluate_qa, load_questions, normalize_answer, token_f1
+from eval.qa import QuestionRow, evaluate_qa, load_questions, normalize_answer, strip_markers, token_f1
 from feedback.examples import is_holdout, query_key
 from feedback.train_generator import GeneratorTrainingArgs
-from generation.citations import MARKER
 
 MATCH_F1 = 0.5  # a simulated user's thumbs-up: the answer's token F1 against a reference at least this
 TEST_FOLD = 1  # the held-out slice of a dev file that is tested: not the gate's (fold 0)
@@ -40,7 +39,7 @@ def liked(row: QuestionRow, answer: dict) -> bool:
         return answer["abstained"]
     if answer["abstained"]:
         return False
-    text = MARKER.sub("", answer["answer"])
+    text = strip_markers(answer["answer"])
     matches = max(token_f1(text, reference) for reference in row.references) >= MATCH_F1
     return matches and any(c["doc_id"] in row.doc_ids for c in answer["citations"])
 

@@ -89,7 +89,8 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _strip_markers(text: str) -> str:
+def strip_markers(text: str) -> str:
+    """An answer's text without its citation markers."""
     from generation.citations import MARKER
 
     return MARKER.sub("", text)
@@ -117,7 +118,7 @@ class ScoredRow:
 
 
 def score_row(row: QuestionRow, answer: Answer) -> ScoredRow:
-    text = _strip_markers(answer.answer)
+    text = strip_markers(answer.answer)
     f1 = max((token_f1(text, r) for r in row.references), default=None) if row.answerable else None
     contains = any(normalize_answer(r) in normalize_answer(text) for r in row.references) if row.answerable else None
     shown = {name: getattr(answer, name) for name in ("answer", "abstained", "abstain_reason", "draft", "extractive")}

@@ -14,17 +14,14 @@ CITELOOP_GATE_MAX_ABSTAIN_RISE or it refuses fewer of the unanswerable ones.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import asdict, replace
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import select
 
 from citeloop.config import Settings, get_settings
 from citeloop.db import AnswerRecord, session_scope
-from citeloop.registry import GateDecision, VersionInfo, active_version, models_dir, paired_bootstrap, register_candidate
+from citeloop.registry import GateDecision, VersionInfo, active_version, paired_bootstrap, register_candidate, staging_dir
 from eval.qa import QuestionRow, evaluate_qa
 from feedback.reranker_loop import LoopReport, settle
 from feedback.trainset import PairRow, TrainingSetError
@@ -174,10 +171,7 @@ def train_generator_from_feedback(
     stage(f"DPO of a LoRA adapter on {weights.name}", 0.06)
     base = safetensors_cache(weights, settings)
     parent = active_version(collection, "generator", settings)
-    staging = models_dir(settings) / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=staging))
-    try:
+    with staging_dir(settings) as scratch:
         artifact = scratch / "artifact"
         callbacks = [reporter.training_callback(0.08, 0.7)] if reporter else []
         figures = train_adapter(pairs.rows, base, artifact / "peft", args, callbacks)
@@ -192,7 +186,5 @@ def train_generator_from_feedback(
             },
             metrics=figures, parent_id=parent.id if parent else None, settings=settings,
         )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     stage(f"candidate {version.id} registered; gating it on {len(questions)} held-out questions", 0.75)
     return settle(version, run_qa_gate(version, pipeline, settings), settings, promote_if_better, actor)

@@ -8,8 +8,6 @@ candidate with hybrid retrieval and with the active reranker, if any, on the que
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -22,10 +20,10 @@ from citeloop.registry import (
     active_version,
     gate_decision,
     get_version,
-    models_dir,
     promote,
     record_metrics,
     register_candidate,
+    staging_dir,
 )
 from eval.beir import load_split
 from eval.retrieval import ensure_eval_collection, evaluate_collection
@@ -271,10 +269,7 @@ def _train_gate_promote(
     """Train, register the candidate (recording its training data and evaluation queries), gate, maybe promote.
     `snapshot_id`: the stored training snapshot; None: the examples' own sha256 identifies them."""
     parent = active_version(collection, "reranker", settings)
-    staging = models_dir(settings) / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=staging))
-    try:
+    with staging_dir(settings) as scratch:
         trained = train_reranker(collection, examples, scratch / "artifact", args, settings, show_progress, retriever, callbacks, base_model)
         version = register_candidate(
             trained.path,
@@ -286,8 +281,6 @@ def _train_gate_promote(
             parent_id=parent.id if parent else None,
             settings=settings,
         )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     stage(f"candidate {version.id} registered; gating it", 0.88)
     return settle(version, run_gate(version, settings, show_progress), settings, promote_if_better, actor)
 
