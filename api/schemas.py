@@ -237,7 +237,8 @@ class EvalSetInfoOut(BaseModel):
 class TrainingOptions(Strict):
     """Training arguments a job may override (the rest keep the trainer's defaults). Rerankers: epochs, max_steps,
     batch_size, learning_rate, hard_negatives, max_positives_per_query, max_tokens, seed; generators: epochs,
-    max_steps, batch_size, gradient_accumulation, learning_rate, beta, lora_rank, max_length, bf16, seed."""
+    max_steps, batch_size, gradient_accumulation, learning_rate, beta, lora_rank, max_length, bf16, seed, samples,
+    sample_temperature; reward models: epochs, max_steps, batch_size, learning_rate, seed."""
 
     epochs: int | None = Field(None, ge=1, le=50)
     max_steps: int | None = Field(None, ge=1)
@@ -251,11 +252,13 @@ class TrainingOptions(Strict):
     lora_rank: int | None = Field(None, ge=1, le=256)
     max_length: int | None = Field(None, ge=64, le=32768)
     bf16: bool | None = None
+    samples: int | None = Field(None, ge=0, le=16, description="Generators: answers sampled per logged prompt, ranked by the active reward model.")
+    sample_temperature: float | None = Field(None, gt=0, le=2)
     seed: int | None = None
 
 
 class JobCreate(Strict):
-    kind: Literal["reranker", "generator"] = Field(description="The model kind to train from the collection's feedback.")
+    kind: Literal["reranker", "generator", "reward"] = Field(description="The model kind to train from the collection's feedback.")
     collection: str = CollectionName
     options: TrainingOptions = Field(default_factory=TrainingOptions)
 

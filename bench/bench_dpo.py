@@ -1,11 +1,13 @@
 """DPO benchmark (a script, not a test): how long training a LoRA adapter on N preference pairs takes here.
 
-    python bench/bench_dpo.py --generator smollm2-135m --pairs 200 [--epochs 1] [--max-steps N] [--bf16] [--json OUT]
+    python bench/bench_dpo.py --generator smollm2-135m --pairs 200 [--epochs 1] [--max-steps N] [--bf16|--no-bf16]
+        [--evidence-sentences N] [--json OUT]
 
 Pairs are shaped like served ones: a COVID-QA dev question, the serving prompt over three sources (a ~120-word
 window of its reference article holding the answer, and windows of two other articles), the reference answer
-citing [1] as chosen and the refusal as rejected. Reports prompt tokens, steps, and the trainer's wall time
-(reference log-probabilities included).
+citing [1] as chosen and the refusal as rejected; `--evidence-sentences N`: each source shown as its N sentences
+closest to the question, as serving shows them with CITELOOP_EVIDENCE_SENTENCES=N. Reports prompt tokens, steps,
+and the trainer's wall time (reference log-probabilities included).
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ def window(text: str, anchor: str) -> str:
     return " ".join(words[start : start + WINDOW])
 
 
-def pairs(n: int):
+def pairs(n: int, evidence_sentences: int = 0, settings: Settings | None = None):
     from feedback.trainset import PairRow
-    from generation.citations import Source
-    from generation.prompt import PROMPT_FORMAT, REFUSAL, build_messages
+    from generation.citations import Source, SpanEncoder
+    from generation.prompt import PROMPT_FORMAT, REFUSAL, build_messages, with_excerpts
+    from retrieval.embedder import load_embedder
+
+    spans = SpanEncoder(load_embedder(settings or Settings()).embed) if evidence_sentences else None
 
     corpus = {d["_id"]: d for d in map(json.loads, (COVIDQA / "corpus.jsonl").read_text().splitlines())}
     doc_ids = sorted(corpus)
@@ -50,6 +55,8 @@ def pairs(n: int):
         others = [d for d in doc_ids[i % len(doc_ids) :] + doc_ids if d != reference_doc][:2]
         texts = [window(corpus[reference_doc]["text"], row["reference"])] + [window(corpus[d]["text"], "") for d in others]
         sources = [Source(k, f"c{k}", d, corpus[d].get("title", ""), t) for k, (d, t) in enumerate(zip([reference_doc, *others], texts), start=1)]
+        if spans is not None:
+            sources = with_excerpts(sources, spans.closest_sentences(row["user_input"], sources, evidence_sentences))
         messages = build_messages(row["user_input"], sources)
         chosen = f"{row['reference'].rstrip('.')} [1]."
         out.append(PairRow(row["id"], row["user_input"], tuple((m["role"], m["content"]) for m in messages), PROMPT_FORMAT, chosen, REFUSAL, "correction", 1.0, row["id"], ()))
@@ -62,7 +69,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=-1)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (default: where the hardware has it)")
+    parser.add_argument("--evidence-sentences", type=int, default=0, help="show each source as its N sentences closest to the question")
     parser.add_argument("--data-dir", type=Path, default=REPO / "var")
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
@@ -74,7 +82,7 @@ def main() -> None:
 
     settings = Settings(data_dir=options.data_dir)
     base = safetensors_cache(resolve_generator(options.generator, settings), settings)
-    rows = pairs(options.pairs)
+    rows = pairs(options.pairs, options.evidence_sentences, settings)
     tokenizer = AutoTokenizer.from_pretrained(base)
     rendered = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in rows]
     prompt_tokens = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rendered]
@@ -87,6 +95,7 @@ def main() -> None:
         "generator": options.generator,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
         "mean_prompt_tokens": round(sum(prompt_tokens) / len(prompt_tokens)),
+        "evidence_sentences": options.evidence_sentences,
         "args": args.as_params(),
         **figures,
         "seconds_per_step": round(figures["train_seconds"] / max(figures["steps"], 1), 2),

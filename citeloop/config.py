@@ -81,8 +81,11 @@ class Settings(BaseSettings):
     training_min_queries: int = Field(
         20, ge=1, description="Judged questions with a relevant chunk (outside the evaluation share) a training set from feedback needs."
     )
+    training_max_sampled_prompts: int = Field(
+        200, ge=1, description="Logged prompts a generator job with `samples` samples answers for (newest first)."
+    )
     training_min_pairs: int = Field(
-        20, ge=1, description="Preference pairs (outside the evaluation share) a generator training set from feedback needs."
+        20, ge=1, description="Preference pairs (generator) or rated answers (reward model) outside the evaluation share a training set from feedback needs."
     )
     eval_holdout: float = Field(
         0.2, gt=0, lt=1, description="Share of labelled queries held out of training to evaluate candidates."

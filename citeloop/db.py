@@ -122,7 +122,7 @@ class ModelVersion(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))  # reranker | generator
+    kind: Mapped[str] = mapped_column(String(16))  # reranker | generator | reward
     status: Mapped[str] = mapped_column(String(16))  # candidate | active | retired
     parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the version it was trained from
     path: Mapped[str] = mapped_column(Text)  # artifact directory

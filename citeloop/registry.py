@@ -26,8 +26,8 @@ from citeloop.db import Collection, Deployment, ModelVersion, get_collection, se
 from citeloop.errors import UnknownCollectionError
 from citeloop.files import artifact_sha256
 
-ModelKind = Literal["reranker", "generator"]
-MODEL_KINDS: tuple[ModelKind, ...] = ("reranker", "generator")
+ModelKind = Literal["reranker", "generator", "reward"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("reranker", "generator", "reward")
 DeploymentReason = Literal["gate_passed", "forced", "rollback"]
 
 

@@ -1,5 +1,6 @@
-"""Evaluation commands: `eval qa` (answer quality), `eval retrieval` (ranking quality per stage) and `eval
-feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator)."""
+"""Evaluation commands: `eval qa` (answer quality), `eval retrieval` (ranking quality per stage), `eval
+feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator) and `eval reward` (the
+reward model on experts' preferences)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ def eval_feedback_loop(
     test: Annotated[Optional[Path], typer.Option("--test", help="Generator: question rows answered before and after (the --qa file: its held-out share).")] = None,
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Generator: BEIR directory the questions are about.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Generator: the first N dev and N test questions only.")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Generator: also pair K answers sampled from each logged prompt, ranked by a reward model trained on the same feedback first.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="The harness's own data directory (default: a new temporary one).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the trainer's).")] = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps per training (-1: none).")] = -1,
@@ -119,7 +121,7 @@ def eval_feedback_loop(
 
         if test is None or corpus is None:
             fail("--qa needs --test TEST.jsonl and --corpus DIR")
-        args = replace(GeneratorTrainingArgs(), max_steps=max_steps, seed=seed, **({"epochs": epochs} if epochs else {}))
+        args = replace(GeneratorTrainingArgs(), max_steps=max_steps, seed=seed, samples=samples, **({"epochs": epochs} if epochs else {}))
         report = run_answer_feedback_loop(qa, test, corpus, limit, data_dir, args, progress=lambda m: console.print(f"[dim]{m}[/]"))
         table = Table("", *ANSWER_METRICS, title=f"{report['test_questions']} test questions, {report['pairs']} preference pairs")
         for when in ("before", "after"):
@@ -150,5 +152,34 @@ def eval_feedback_loop(
         table.add_row(f"rerank, feedback on {point['queries']} queries", f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}")
     console.print(table)
     console.print(f"job {report['job']['id']}: {report['train_seconds']} s; promoted: {report['job']['promoted']}; {report['job']['gate']['reason']}", markup=False)
+    if json_out:
+        _write_json(json_out, report)
+
+
+@eval_app.command("reward")
+@reports_errors(ValueError)
+def eval_reward(
+    expertqa: Annotated[Path, typer.Option("--expertqa", help="ExpertQA's lfqa folder (rand_val.jsonl, domain_val.jsonl).")],
+    holdout: Annotated[float, typer.Option("--holdout", min=0.01, max=0.99, help="Share of the questions held out for scoring.")] = 0.3,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the trainer's).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """The reward model on real human preferences: trained on experts' revisions of answers to part of ExpertQA's
+    questions, scored on the rest (does it prefer the revision; does it rank the answers experts found useful first)."""
+    from dataclasses import replace
+
+    from eval.expertqa import run_expertqa_reward
+    from feedback.reward import RewardTrainingArgs
+
+    args = replace(RewardTrainingArgs(), seed=seed, **({"epochs": epochs} if epochs else {}))
+    report = run_expertqa_reward(expertqa, holdout, args)
+    low_high = report["pair_accuracy_ci95"]
+    console.print(
+        f"{report['questions']['train']} questions trained on ({report['train_ratings']} ratings, {report['train_seconds']} s), "
+        f"{report['questions']['held_out']} held out: revision preferred in {_figure(report['pair_accuracy'])} of {report['held_out_pairs']} pairs "
+        f"(95% CI {low_high[0] if low_high else '-'} .. {low_high[1] if low_high else '-'}); usefulness ROC AUC {_figure(report['usefulness_auc'])} "
+        f"({report['useful_originals']} useful, {report['other_originals']} not)"
+    )
     if json_out:
         _write_json(json_out, report)

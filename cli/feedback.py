@@ -18,7 +18,7 @@ feedback_app = typer.Typer(help="Stored feedback as training data.", no_args_is_
 def feedback_preview(
     collection: Annotated[str, typer.Argument(help="The collection whose feedback would train its models.")],
     examples: Annotated[int, typer.Option("--examples", min=0, help="Rows to show.")] = 5,
-    kind: Annotated[str, typer.Option("--kind", help="reranker (labelled chunks) or generator (preference pairs).")] = "reranker",
+    kind: Annotated[str, typer.Option("--kind", help="reranker (labelled chunks), generator (preference pairs) or reward (rated answers).")] = "reranker",
 ) -> None:
     """What the next training run of that kind would train on: counts per signal, example rows, what the gates
     dropped. Nothing is stored."""
@@ -29,12 +29,12 @@ def feedback_preview(
     from feedback.trainset import build_training_set
     from retrieval.retriever import CollectionRetriever
 
-    if kind not in ("reranker", "generator"):
-        fail(f"--kind must be reranker or generator, not '{kind}'")
+    if kind not in ("reranker", "generator", "reward"):
+        fail(f"--kind must be reranker, generator or reward, not '{kind}'")
     settings = get_settings()
     scrub = feedback_scrubber(CollectionRetriever(collection, settings))
-    if kind == "generator":
-        _preview_pairs(collection, scrub, examples, settings)
+    if kind != "reranker":
+        _preview_answers(collection, kind, scrub, examples, settings)
         return
     with session_scope(settings) as session:
         uploaded = list_evalsets(session, collection, uploaded_only=True)
@@ -57,24 +57,32 @@ def feedback_preview(
     console.print(f"{training_set.labelled_queries} judged questions with a relevant chunk: {verdict}; gated on {gate}")
 
 
-def _preview_pairs(collection: str, scrub, examples: int, settings) -> None:
+def _preview_answers(collection: str, kind: str, scrub, examples: int, settings) -> None:
+    """Preference pairs (generator) or rated answers (reward)."""
     from citeloop.db import session_scope
     from feedback.evalsets import uploaded_query_keys
-    from feedback.pairs import build_pair_set, citation_verifier
+    from feedback.pairs import build_pair_set, build_rating_set, citation_verifier
 
     with session_scope(settings) as session:
-        # No regeneration in a preview: a flagged answer is counted as `flag_without_regeneration`; the job makes
-        # its pair by regenerating the answer without the flagged source.
-        pairs = build_pair_set(session, collection, scrub, citation_verifier(settings), None, settings.eval_holdout, 0, uploaded_query_keys(session, collection))
+        evaluation = uploaded_query_keys(session, collection)
+        if kind == "generator":
+            # No regeneration in a preview: a flagged answer is counted as `flag_without_regeneration`; the job makes
+            # its pair by regenerating the answer without the flagged source.
+            built = build_pair_set(session, collection, scrub, citation_verifier(settings), None, settings.eval_holdout, 0, evaluation)
+        else:
+            built = build_rating_set(session, collection, scrub, settings.eval_holdout, 0, evaluation)
         session.rollback()
-    for title, figures in (("signal", pairs.counts), ("dropped by", pairs.dropped)):
+    for title, figures in (("signal", built.counts), ("dropped by", built.dropped)):
         if figures:
             table = Table(title, "count")
             for name, count in sorted(figures.items()):
                 table.add_row(name, str(count))
             console.print(table)
-    for line in pairs.examples[:examples]:
+    for line in built.examples[:examples]:
         console.print(line, markup=False, highlight=False)
     needed = settings.training_min_pairs
-    verdict = "enough to train" if len(pairs.rows) >= needed else f"too few to train (at least {needed} needed)"
-    console.print(f"{len(pairs.rows)} preference pairs: {verdict}; gated on the {pairs.counts['held_out_pairs']} held-out pairs' questions")
+    verdict = "enough to train" if len(built.rows) >= needed else f"too few to train (at least {needed} needed)"
+    if kind == "generator":
+        console.print(f"{len(built.rows)} preference pairs: {verdict}; gated on the {built.counts['held_out_pairs']} held-out pairs' questions")
+    else:
+        console.print(f"{len(built.rows)} rated answers: {verdict}; gated on {len(built.eval_rows)} held-out ratings and {len(built.eval_pairs)} pairs")

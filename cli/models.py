@@ -1,4 +1,4 @@
-"""Training and registry commands: `train reranker|generator|base`, `models list|promote|rollback|history`."""
+"""Training and registry commands: `train reranker|generator|reward|base`, `models list|promote|rollback|history`."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from rich.table import Table
 from cli.errors import fail, reports_errors
 from cli.output import console
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
+from feedback.reward import RewardTrainingArgs
 from feedback.train_generator import GeneratorTrainingArgs
 
 train_app = typer.Typer(help="Train models from labelled data.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: list, promote, roll back, deployment history.", no_args_is_help=True)
 TRAINING_DEFAULTS = RerankerTrainingArgs()  # the training options default to the trainer's own
 DPO_DEFAULTS = GeneratorTrainingArgs()
+REWARD_DEFAULTS = RewardTrainingArgs()
 
 
-ModelKindArgument = Annotated[str, typer.Argument(help="reranker or generator.")]
+ModelKindArgument = Annotated[str, typer.Argument(help="reranker, generator or reward.")]
 CollectionOption = Annotated[str, typer.Option("--collection", "-c")]
 
 
@@ -92,24 +94,54 @@ def train_generator_command(
     learning_rate: Annotated[float, typer.Option("--lr")] = DPO_DEFAULTS.learning_rate,
     beta: Annotated[float, typer.Option("--beta", help="How far DPO may move from the base generator.")] = DPO_DEFAULTS.beta,
     lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = DPO_DEFAULTS.lora_rank,
-    bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast: 1.5x faster DPO steps on a Zen 4 CPU (bench/README.md).")] = DPO_DEFAULTS.bf16,
+    bf16: Annotated[
+        Optional[bool], typer.Option("--bf16/--no-bf16", help="bfloat16 autocast (default: on with a bf16 CUDA GPU or a CPU with native bf16; 1.5x faster DPO steps on Zen 4).")
+    ] = DPO_DEFAULTS.bf16,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Also pair K answers sampled from each logged prompt no feedback paired: the active reward model's best over its worst.")] = DPO_DEFAULTS.samples,
     seed: Annotated[int, typer.Option("--seed")] = DPO_DEFAULTS.seed,
 ) -> None:
     """Train a LoRA adapter of the configured generator by DPO on a collection's preference pairs (corrections,
-    votes, flagged citations, refusals), gate it on the held-out pairs' questions, optionally promote it."""
+    votes, flagged citations, refusals; with --samples, reward-ranked samples), gate it on the held-out pairs'
+    questions, optionally promote it."""
     from feedback.generator_loop import train_generator_from_feedback
 
-    args = replace(DPO_DEFAULTS, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, beta=beta, lora_rank=lora_rank, bf16=bf16, seed=seed)
+    args = replace(
+        DPO_DEFAULTS, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, beta=beta, lora_rank=lora_rank, bf16=bf16, samples=samples, seed=seed
+    )
     report = train_generator_from_feedback(collection, args, promote_if_better=promote, actor=cli_actor())
+    _print_report(report, f"{report.version.metrics.get('pairs')} pairs", "answers with its adapter", "the active generator keeps serving", promote)
+
+
+@train_app.command("reward")
+@reports_errors(ValueError)
+def train_reward_command(
+    collection: Annotated[str, typer.Option("--collection", "-c", help="The collection whose stored feedback rates the answers.")],
+    promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = REWARD_DEFAULTS.epochs,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Cap on optimiser steps (-1: the epochs decide).")] = REWARD_DEFAULTS.max_steps,
+    learning_rate: Annotated[float, typer.Option("--lr")] = REWARD_DEFAULTS.learning_rate,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = REWARD_DEFAULTS.batch_size,
+    seed: Annotated[int, typer.Option("--seed")] = REWARD_DEFAULTS.seed,
+) -> None:
+    """Train a reward model (a cross-encoder scoring question + answer) on a collection's rated answers (votes,
+    corrections, flagged citations, refusals), gate it on the held-out questions' feedback, optionally promote it."""
+    from feedback.reward import train_reward_from_feedback
+
+    args = replace(REWARD_DEFAULTS, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed)
+    report = train_reward_from_feedback(collection, args, promote_if_better=promote, actor=cli_actor())
+    _print_report(report, f"{report.version.metrics.get('ratings')} ratings", "scores answers with it", "the active reward model (if any) stays", promote)
+
+
+def _print_report(report, trained_on: str, now: str, kept: str, asked_to_promote: bool) -> None:
+    """A training run's candidate, its gate and whether it now serves (`now`: what the collection does with it)."""
     verdict = "[green]passed[/]" if report.decision.passed else "[red]failed[/]"
     console.print(
-        f"candidate [bold]{report.version.id}[/] ({report.version.metrics.get('pairs')} pairs, {report.version.metrics.get('train_seconds')} s training): "
-        f"gate {verdict}: {report.decision.reason}"
+        f"candidate [bold]{report.version.id}[/] ({trained_on}, {report.version.metrics.get('train_seconds')} s training): gate {verdict}: {report.decision.reason}"
     )
     if report.promoted:
-        console.print(f"promoted {report.version.id}: collection '{report.version.collection}' now answers with its adapter")
-    elif promote:
-        console.print("not promoted: the active generator keeps serving")
+        console.print(f"promoted {report.version.id}: collection '{report.version.collection}' now {now}")
+    elif asked_to_promote:
+        console.print(f"not promoted: {kept}")
 
 
 @train_app.command("base")
@@ -156,14 +188,13 @@ def models_promote(
 ) -> None:
     """Gate a version against the active one on its held-out queries and promote it if it is better."""
     from citeloop.registry import get_version, promote, record_metrics
-    from feedback.generator_loop import run_generator_gate
-    from feedback.reranker_loop import gate_record, run_gate
+    from feedback.gates import regate
+    from feedback.reranker_loop import gate_record
 
     version = get_version(version_id)
     if version.status == "active":
         fail(f"model version '{version_id}' is already active")
-    gate = run_gate if version.kind == "reranker" else run_generator_gate
-    decision = gate(version, show_progress=True)
+    decision = regate(version, show_progress=True)
     record_metrics(version_id, {"gate": gate_record(decision)})
     if not decision.passed and not force:
         fail(f"gate failed, '{version_id}' not promoted: {decision.reason} (--force promotes it anyway)")

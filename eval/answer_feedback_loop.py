@@ -5,9 +5,10 @@ In a data directory of its own, the harness ingests a BEIR corpus, starts a real
 worker`, and plays the users and a curator over HTTP. A simulated user asks each dev question and votes up when the
 answer matches a reference (token F1 >= 0.5) and cites a gold document, or, for a question without a reference,
 when it declines; down otherwise. A simulated curator flags every citation outside the gold documents; for a
-thumbs-down answer to an answerable question writes the reference answer as the correction, citing the shown source
-of a gold document that holds most of the reference's words (no correction when no gold source was shown:
-counted); for a thumbs-down answer to an unanswerable question judges every source it was shown not relevant.
+thumbs-down answer to an answerable question writes the reference answer as the correction (the whole source
+sentence when the reference is a span of one), citing the shown source of a gold document that holds most of the
+reference's words (no correction when no gold source was shown: counted); for a thumbs-down answer to an
+unanswerable question judges every source it was shown not relevant.
 A `generator` job then trains from that stored feedback alone (pairs, DPO, gate, promotion if it passes); the test
 questions are answered before and after, with `eval qa`'s metrics.
 
@@ -28,6 +29,7 @@ from eval.feedback_loop import job_seconds, running_service, succeeded
 from eval.qa import QuestionRow, evaluate_qa, load_questions, normalize_answer, strip_markers, token_f1
 from feedback.examples import is_holdout, query_key
 from feedback.train_generator import GeneratorTrainingArgs
+from generation.text import sentence_spans
 
 MATCH_F1 = 0.5  # a simulated user's thumbs-up: the answer's token F1 against a reference at least this
 TEST_FOLD = 1  # the held-out slice of a dev file that is tested: not the gate's (fold 0)
@@ -54,6 +56,22 @@ def gold_source(row: QuestionRow, contexts: list[dict]) -> int | None:
     return max(held)[2] if held else None
 
 
+def correction_text(row: QuestionRow, contexts: list[dict]) -> str | None:
+    """What the simulated curator writes for a thumbs-down answer: the reference answer citing `gold_source`, or,
+    when the reference is a fragment of one of that source's sentences (a span, as extractive QA sets have them),
+    the whole sentence, as a curator copies a source's words into a sentence that answers; None when no gold source
+    was shown."""
+    gold = gold_source(row, contexts)
+    if gold is None:
+        return None
+    reference = " ".join(row.references[0].split())
+    text = contexts[gold - 1]["text"]
+    fragment = normalize_answer(reference)
+    holding = [" ".join(text[a:b].split()) for a, b in sentence_spans(text) if fragment in normalize_answer(text[a:b])]
+    answer = min(holding, key=len) if holding and fragment != normalize_answer(min(holding, key=len)) else reference
+    return f"{answer.rstrip()} [{gold}]"
+
+
 def simulate_feedback(user, curator, collection: str, rows: list[QuestionRow], progress=lambda message: None) -> dict:
     """Ask, vote and curate each row through the API (module docstring); returns the counts of what was sent."""
     counts = {"asked": 0, "thumbs_up": 0, "thumbs_down": 0, "citation_flags": 0, "corrections": 0, "not_relevant_marks": 0, "no_gold_source_shown": 0}
@@ -68,11 +86,11 @@ def simulate_feedback(user, curator, collection: str, rows: list[QuestionRow], p
                 curator.flag(answer["answer_id"], citation["n"], "cites a document that does not answer the question")
                 counts["citation_flags"] += 1
         if not good and row.answerable:
-            gold = gold_source(row, answer["contexts"])
-            if gold is None:
+            text = correction_text(row, answer["contexts"])
+            if text is None:
                 counts["no_gold_source_shown"] += 1
             else:
-                curator.correct(answer["answer_id"], f"{row.references[0].rstrip()} [{gold}]")
+                curator.correct(answer["answer_id"], text)
                 counts["corrections"] += 1
         elif not good:
             for context in answer["contexts"]:
@@ -109,7 +127,8 @@ def run_answer_feedback_loop(
 ) -> dict:
     """The report `citeloop eval feedback-loop --qa --json` writes: `before` and `after` (eval qa metrics on the
     test questions, with `by_shape`), `pairs`, `train_seconds` (the job: pairs, DPO, conversion, gate; `dpo_seconds`
-    the training alone), the feedback sent, the job and its gate. `settings_overrides`: settings (and the
+    the training alone), the feedback sent, the job and its gate (with `args.samples`, the reward job that ranks the
+    sampled answers first, `reward_job`). `settings_overrides`: settings (and the
     service's CITELOOP_* environment) for the harness's data directory, e.g. the generator."""
     from api.client import Client
     from citeloop.keys import create_key
@@ -143,6 +162,16 @@ def run_answer_feedback_loop(
         progress(f"users and a curator on {len(dev_rows)} dev questions")
         started = time.monotonic()
         result["feedback"] = simulate_feedback(user, curator, collection, dev_rows, progress) | {"seconds": round(time.monotonic() - started, 1)}
+        if args.samples:
+            progress("reward model job on the stored feedback: it ranks the answers the generator job samples")
+            reward = succeeded(admin, admin.submit_job(collection, kind="reward"))
+            reward_gate = reward["result"]["gate"]
+            result["reward_job"] = {
+                "id": reward["id"], "version": reward["version_id"], "promoted": reward["result"]["promoted"],
+                "gate": {k: reward_gate.get(k) for k in ("passed", "candidate", "reason")},
+            }
+            if not reward["result"]["promoted"]:
+                raise RuntimeError(f"the reward model was not promoted ({reward_gate['reason']}): sampling needs an active one")
         progress("generator training job on the stored feedback")
         defaults = GeneratorTrainingArgs()
         options = {name: getattr(args, name) for name in JOB_OPTIONS["generator"] if getattr(args, name) != getattr(defaults, name)}

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from citeloop.config import Settings, get_settings
 from citeloop.db import AnswerRecord, session_scope
-from citeloop.registry import GateDecision, VersionInfo, active_version, paired_bootstrap, register_candidate, staging_dir
+from citeloop.registry import GateDecision, VersionInfo, active_version, paired_bootstrap, register_candidate, staging_dir, verified_path
 from eval.qa import QuestionRow, evaluate_qa
 from feedback.reranker_loop import LoopReport, settle
 from feedback.trainset import PairRow, TrainingSetError
@@ -126,6 +126,42 @@ def regenerator(pipeline, settings: Settings):
     return regenerate
 
 
+def sampler(pipeline, settings: Settings, temperature: float):
+    """Samples an answer from chat messages with the collection's serving engine (for reward-ranked pairs)."""
+    params = SamplingParams.from_settings(settings)
+
+    def sample(messages: list[dict[str, str]], seed: int) -> str:
+        engine = pipeline.generators.run().engine
+        return "".join(engine.stream(messages, replace(params, temperature=temperature, seed=seed)))
+
+    return sample
+
+
+def add_sampled_pairs(session, collection: str, pairs, scrub, verify, pipeline, args, settings: Settings, evaluation_queries: set[str]) -> None:
+    """`pairs` (a PairSet) with the pairs `sampled_pairs` makes from the collection's logged prompts, ranked by its
+    active reward model; raises TrainingSetError without one, or when the pairs are still too few."""
+    from feedback.pairs import sampled_pairs
+    from feedback.reward import RewardModel
+
+    reward = active_version(collection, "reward", settings)
+    if reward is None:
+        raise TrainingSetError(f"collection '{collection}' has no active reward model to rank sampled answers: train one (citeloop train reward)")
+    sampled, dropped = sampled_pairs(
+        session, collection, scrub, sampler(pipeline, settings, args.sample_temperature), RewardModel(verified_path(reward)).score, verify,
+        args.samples, settings.eval_holdout, {p.answer_id for p in pairs.rows + pairs.eval_rows}, evaluation_queries,
+        settings.training_max_sampled_prompts,
+    )
+    pairs.rows.extend(sampled)
+    pairs.counts |= {"pairs_reward_samples": len(sampled), "rows": len(pairs.rows), "queries": len({r.query_id for r in pairs.rows})}
+    for reason, n in dropped.items():
+        pairs.dropped[reason] = pairs.dropped.get(reason, 0) + n
+    if len(pairs.rows) < settings.training_min_pairs:
+        raise TrainingSetError(
+            f"collection '{collection}' has {len(pairs.rows)} preference pairs to train on, {len(sampled)} of them sampled; "
+            f"at least {settings.training_min_pairs} are needed (CITELOOP_TRAINING_MIN_PAIRS); dropped: {pairs.dropped or 'none'}"
+        )
+
+
 def train_generator_from_feedback(
     collection: str,
     args=None,
@@ -152,11 +188,16 @@ def train_generator_from_feedback(
     stage("building preference pairs from stored feedback", 0.02)
     pipeline = AnswerPipeline(collection, settings)
     scrub = feedback_scrubber(pipeline.search.retriever)
+    verify = citation_verifier(settings)
     with session_scope(settings) as session:
+        evaluation_queries = uploaded_query_keys(session, collection)
         pairs = build_pair_set(
-            session, collection, scrub, citation_verifier(settings), regenerator(pipeline, settings), settings.eval_holdout,
-            settings.training_min_pairs, uploaded_query_keys(session, collection), until,
+            session, collection, scrub, verify, regenerator(pipeline, settings), settings.eval_holdout,
+            0 if args.samples else settings.training_min_pairs, evaluation_queries, until,
         )
+        if args.samples:
+            stage(f"sampling {args.samples} answers a logged prompt, ranked by the reward model", 0.03)
+            add_sampled_pairs(session, collection, pairs, scrub, verify, pipeline, args, settings, evaluation_queries)
         held_out = session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_({p.answer_id for p in pairs.eval_rows})))
         contexts = {record.id: [c.get("doc_id", "") for c in record.contexts] for record in held_out}
         questions = gate_questions(pairs.eval_rows, contexts)

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import traceback
+import typing
 import uuid
 from collections import deque
 from dataclasses import dataclass, fields, replace
@@ -29,6 +30,7 @@ from citeloop.config import Settings, get_settings
 from citeloop.db import Collection, FeedbackRecord, TrainingJob, as_utc, get_collection, session_scope, utcnow
 from citeloop.errors import NotFoundError
 from feedback.cross_encoder_trainer import RerankerTrainingArgs
+from feedback.reward import RewardTrainingArgs
 from feedback.train_generator import GeneratorTrainingArgs
 
 log = logging.getLogger("citeloop.jobs")
@@ -36,10 +38,14 @@ log = logging.getLogger("citeloop.jobs")
 UNFINISHED = ("queued", "running")
 LOG_LINES = 50
 # Per job kind: the trainer's arguments, and the options a job request may set (the rest keep their defaults).
-TRAINING_ARGS = {"reranker": RerankerTrainingArgs, "generator": GeneratorTrainingArgs}
+TRAINING_ARGS = {"reranker": RerankerTrainingArgs, "generator": GeneratorTrainingArgs, "reward": RewardTrainingArgs}
 JOB_OPTIONS = {
     "reranker": ("epochs", "max_steps", "batch_size", "learning_rate", "hard_negatives", "max_positives_per_query", "max_tokens", "seed"),
-    "generator": ("epochs", "max_steps", "batch_size", "gradient_accumulation", "learning_rate", "beta", "lora_rank", "max_length", "bf16", "seed"),
+    "generator": (
+        "epochs", "max_steps", "batch_size", "gradient_accumulation", "learning_rate", "beta", "lora_rank", "max_length", "bf16", "seed",
+        "samples", "sample_temperature",
+    ),
+    "reward": ("epochs", "max_steps", "batch_size", "learning_rate", "seed"),
 }
 JOB_KINDS = tuple(JOB_OPTIONS)
 
@@ -111,11 +117,11 @@ def check_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(JOB_OPTIONS[kind]))
     if unknown:
         raise JobError(f"unknown training option(s) {', '.join(unknown)}; a {kind} job may set {', '.join(JOB_OPTIONS[kind])}")
-    defaults = TRAINING_ARGS[kind]()
+    hints = typing.get_type_hints(TRAINING_ARGS[kind])
     for name, value in options.items():
-        expected = type(getattr(defaults, name))
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):  # True is an int too
-            raise JobError(f"training option '{name}' must be a {expected.__name__}")
+        allowed = typing.get_args(hints[name]) or (hints[name],)  # `bool | None`: either
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):  # True is an int too
+            raise JobError(f"training option '{name}' must be {' or '.join('null' if t is type(None) else 'a ' + t.__name__ for t in allowed)}")
     return dict(options)
 
 
@@ -124,7 +130,7 @@ def submit_job(
 ) -> JobInfo:
     """Record a queued job and put it on the queue. Checks first that the collection's feedback makes a training
     set (TrainingSetError says why not) and that no job of that kind is unfinished for it (JobConflict)."""
-    from feedback.pairs import check_pair_feedback
+    from feedback.pairs import build_rating_set, check_pair_feedback
     from feedback.trainset import build_training_set
 
     if kind not in JOB_KINDS:
@@ -136,8 +142,10 @@ def submit_job(
         # The same gates the job applies, without scrubbing (it does not change what counts).
         if kind == "reranker":
             build_training_set(session, collection, lambda text: text, settings.eval_holdout, settings.training_min_queries)
+        elif kind == "generator":
+            check_pair_feedback(session, collection, settings.eval_holdout, settings.training_min_pairs, sampling=options.get("samples", 0) > 0)
         else:
-            check_pair_feedback(session, collection, settings.eval_holdout, settings.training_min_pairs)
+            build_rating_set(session, collection, lambda text: text, settings.eval_holdout, settings.training_min_pairs)
         row = TrainingJob(
             id=job_id, collection_id=get_collection(session, collection).id, kind=kind, status="queued", trigger=trigger,
             requested_by=requested_by, options=options, progress=0.0, log=[f"{utcnow():%H:%M:%S} queued by {requested_by} ({trigger})"],
@@ -313,6 +321,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> JobInfo:
     """Run a queued job in this process: claim it, train from feedback, gate, promote if the gate passed."""
     from feedback.generator_loop import train_generator_from_feedback
     from feedback.reranker_loop import train_from_feedback
+    from feedback.reward import train_reward_from_feedback
 
     settings = settings or get_settings()
     with session_scope(settings) as session:
@@ -323,7 +332,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> JobInfo:
         row.worker = f"{socket.gethostname()}:{os.getpid()}"
         collection = session.get(Collection, row.collection_id).name
         kind, args = row.kind, replace(TRAINING_ARGS[row.kind](), **row.options)
-    train = train_from_feedback if kind == "reranker" else train_generator_from_feedback
+    train = {"reranker": train_from_feedback, "generator": train_generator_from_feedback, "reward": train_reward_from_feedback}[kind]
     reporter = JobReporter(job_id, settings)
     status, error, result, version_id, snapshot_id = "failed", None, None, None, None
     with reporter:

@@ -12,6 +12,9 @@ Rules (an answer's prompt is the chat messages it was generated from, stored wit
 Gates, besides the training sets' own (feedback/trainset.py: opt-outs, erasure, personal data, snapshots): an
 answer stored without its prompt or with a prompt of another format (`PROMPT_FORMAT`) makes no pair; a chosen
 answer that fails citation verification is dropped; duplicate pairs count once. Every drop is counted.
+
+The same judgements rate single answers for the reward model (`build_rating_set`): each side of a curator's pair,
+and each voted answer by its net vote.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 
@@ -37,7 +40,9 @@ from feedback.trainset import (
     VOTE_KINDS,
     Judgement,
     PairRow,
+    RatedAnswer,
     TrainingSetError,
+    chat_messages,
     gated_events,
     judgements_from_events,
     key_reliability,
@@ -53,6 +58,12 @@ PAIR_KINDS = set(CURATOR_KINDS) | set(VOTE_KINDS) | {"correction"}
 VerifyAnswer = Callable[[str, str, Sequence[Source]], "str | None"]
 # (question, sources) -> a newly generated answer citing those sources as [1] .. [len(sources)].
 Regenerate = Callable[[str, Sequence[Source]], str]
+# (chat messages, seed) -> an answer sampled from them.
+Sample = Callable[[list[dict[str, str]], int], str]
+# (question, answer) pairs -> the reward model's scores.
+Score = Callable[[Sequence[tuple[str, str]]], list[float]]
+# Sampled answers whose rewards differ by less are not told apart (scores are probabilities of being preferred).
+SAMPLE_MARGIN = 0.2
 
 
 # (the answer whose prompt it is, chosen (None: no verifiable answer), rejected, rule, weight, event ids)
@@ -111,6 +122,43 @@ def renumbered(text: str, numbers: dict[int, int]) -> str:
     return re.sub(r"\[(\d+)\]", lambda m: f"[{numbers[int(m.group(1))]}]" if int(m.group(1)) in numbers else "", text)
 
 
+@dataclass
+class JudgedAnswers:
+    """The stored answers the feedback judged, through the rules: candidate pairs (before verification) and each
+    voted answer's net vote."""
+
+    candidates: list[Candidate]
+    net_votes: list[tuple[ServedAnswer, float, tuple[str, ...]]]  # (answer, reliability-weighted net vote != 0, event ids)
+    counts: Counter
+    dropped: Counter
+    first_event_at: datetime | None
+    last_event_at: datetime | None
+
+
+def judged_answers(
+    session: Session, collection: str, scrub: Callable[[str], str], regenerate: Regenerate | None, until: datetime | None = None
+) -> JudgedAnswers:
+    """The collection's feedback on answers through the gates and pair rules; `regenerate` None: a flagged answer's
+    candidate has no chosen side."""
+    scrub = lru_cache(maxsize=None)(scrub)  # a question is in its events and in its answers' prompts
+    events, counts, dropped = gated_events(session, collection, PAIR_KINDS, scrub, ("query", "correction"), until)
+    answers = served_answers(session, {e.answer_id for e in events if e.answer_id}, scrub)
+    usable = {}
+    for answer in answers.values():
+        if not answer.prompt:
+            dropped["answer_without_stored_prompt"] += 1
+        elif answer.prompt_format != PROMPT_FORMAT:
+            dropped["answer_of_another_prompt_format"] += 1
+        else:
+            usable[answer.id] = answer
+    candidates: list[Candidate] = []
+    corrected = _correction_pairs(events, usable, dropped, candidates)
+    net_votes = _vote_pairs(events, usable, dropped, candidates)
+    _flag_pairs(events, usable, corrected, regenerate, dropped, candidates)
+    _refusal_pairs(events, usable, corrected, candidates)
+    return JudgedAnswers(candidates, net_votes, counts, dropped, events[0].created_at, events[-1].created_at)
+
+
 def build_pair_set(
     session: Session,
     collection: str,
@@ -125,26 +173,12 @@ def build_pair_set(
     """The collection's stored feedback as preference pairs, through the rules and gates; raises TrainingSetError
     when fewer than `min_pairs` are left outside the held-out share (the message says why). `regenerate` None:
     flagged answers without a correction make no pair (counted)."""
-    scrub = lru_cache(maxsize=None)(scrub)  # a question is in its events and in its answers' prompts
-    events, counts, dropped = gated_events(session, collection, PAIR_KINDS, scrub, ("query", "correction"), until)
-    answers = served_answers(session, {e.answer_id for e in events if e.answer_id}, scrub)
-    usable = {}
-    for answer in answers.values():
-        if not answer.prompt:
-            dropped["answer_without_stored_prompt"] += 1
-        elif answer.prompt_format != PROMPT_FORMAT:
-            dropped["answer_of_another_prompt_format"] += 1
-        else:
-            usable[answer.id] = answer
-    candidates: list[Candidate] = []
-    corrected = _correction_pairs(events, usable, dropped, candidates)
-    _vote_pairs(events, usable, dropped, candidates)
-    _flag_pairs(events, usable, corrected, regenerate, dropped, candidates)
-    _refusal_pairs(events, usable, corrected, candidates)
+    judged = judged_answers(session, collection, scrub, regenerate, until)
+    counts, dropped = judged.counts, judged.dropped
     rows, seen = [], set()
-    for answer, chosen, rejected, rule, weight, event_ids in candidates:
+    for answer, chosen, rejected, rule, weight, event_ids in judged.candidates:
         if chosen is None:
-            dropped[f"{rule}_not_verified"] += 1
+            dropped["flag_without_regeneration" if regenerate is None else f"{rule}_not_verified"] += 1
             continue
         if chosen != REFUSAL:
             checked = verify(answer.question, chosen, answer.sources)
@@ -166,7 +200,7 @@ def build_pair_set(
         rows = [r for r in rows if r.query_id not in evaluation_queries]
     train = [r for r in rows if not is_holdout(r.query_id, holdout)]
     held = [r for r in rows if is_holdout(r.query_id, holdout)]
-    result = PairSet(train, held, dict(counts), dict(dropped), events[0].created_at, events[-1].created_at)
+    result = PairSet(train, held, dict(counts), dict(dropped), judged.first_event_at, judged.last_event_at)
     result.counts |= {"rows": len(train), "queries": len({r.query_id for r in train}), "held_out_pairs": len(held)}
     result.examples = [f"{r.rule}: {r.query!r}: {r.chosen[:60]!r} > {r.rejected[:60]!r}" for r in train[:5]]
     if len(train) < min_pairs:
@@ -177,12 +211,153 @@ def build_pair_set(
     return result
 
 
-def check_pair_feedback(session: Session, collection: str, holdout: float, min_pairs: int) -> None:
+@dataclass
+class RatingSet:
+    rows: list[RatedAnswer]  # training ratings: held-out questions excluded
+    eval_rows: list[RatedAnswer]  # the held-out questions' ratings
+    eval_pairs: list[tuple[str, str, str]]  # the held-out questions' pairs (question, chosen, rejected), as the pair rules make them
+    counts: dict[str, int]
+    dropped: dict[str, int]
+    first_event_at: datetime | None = None
+    last_event_at: datetime | None = None
+    examples: list[str] = field(default_factory=list)
+
+
+def build_rating_set(
+    session: Session,
+    collection: str,
+    scrub: Callable[[str], str],
+    holdout: float,
+    min_ratings: int,
+    evaluation_queries: set[str] = frozenset(),
+    until: datetime | None = None,
+) -> RatingSet:
+    """The collection's stored feedback as ratings of (question, answer) for a reward model: each side of a
+    curator's pair (correction, flagged citation, refusal rules: chosen 1, rejected 0) and each voted answer by the
+    sign of its net vote. Curators outrank votes on the same (question, answer text); curators who disagree drop it.
+    Raises TrainingSetError when fewer than `min_ratings` are left outside the held-out share, or (`min_ratings` > 0)
+    they are all alike."""
+    judged = judged_answers(session, collection, scrub, None, until)
+    counts, dropped = judged.counts, judged.dropped
+    marks: dict[tuple[str, str], list[RatedAnswer]] = defaultdict(list)
+
+    def mark(answer: ServedAnswer, text: str, label: int, weight: float, signal: str, event_ids: tuple[str, ...]) -> None:
+        key = query_key(answer.question)
+        marks[key, text.strip()].append(RatedAnswer(key, answer.question, text.strip(), label, round(weight, 4), signal, answer.id, event_ids))
+
+    held_pairs = []
+    for answer, chosen, rejected, rule, weight, event_ids in judged.candidates:
+        if chosen is not None and is_holdout(query_key(answer.question), holdout):
+            held_pairs.append((answer.question, chosen, rejected))
+        if rule == "votes":  # voted answers are rated by their own net vote below
+            continue
+        mark(answer, rejected, 0, weight, "curator", event_ids)
+        if chosen is not None:
+            mark(answer, chosen, 1, weight, "curator", event_ids)
+    for answer, net, event_ids in judged.net_votes:
+        mark(answer, answer.text, int(net > 0), WEAK * abs(net), "vote", event_ids)
+    rows = []
+    for found in marks.values():
+        curators = [m for m in found if m.signal == "curator"]
+        if curators and len({m.label for m in curators}) > 1:
+            dropped["rating_curator_conflict"] += 1
+            continue
+        if curators and len(curators) < len(found):
+            dropped["vote_outranked_by_curator"] += len(found) - len(curators)
+        kept = curators or found
+        rows.append(replace(kept[0], weight=max(m.weight for m in kept), event_ids=tuple(sorted({i for m in kept for i in m.event_ids}))))
+    if in_evaluation := sum(r.query_id in evaluation_queries for r in rows):
+        dropped["question_in_evaluation_set"] += in_evaluation
+        rows = [r for r in rows if r.query_id not in evaluation_queries]
+        held_pairs = [p for p in held_pairs if query_key(p[0]) not in evaluation_queries]
+    train = [r for r in rows if not is_holdout(r.query_id, holdout)]
+    held = [r for r in rows if is_holdout(r.query_id, holdout)]
+    counts |= {f"ratings_{signal}": sum(r.signal == signal for r in train) for signal in ("curator", "vote")}
+    counts |= {"rows": len(train), "preferred": sum(r.label for r in train), "queries": len({r.query_id for r in train}), "held_out_ratings": len(held), "held_out_pairs": len(held_pairs)}
+    result = RatingSet(train, held, held_pairs, dict(counts), dict(dropped), judged.first_event_at, judged.last_event_at)
+    result.examples = [f"{r.signal} {r.label}: {r.query!r}: {r.answer[:80]!r}" for r in train[:5]]
+    if len(train) < min_ratings:
+        raise TrainingSetError(
+            f"collection '{collection}' has {len(train)} rated answers to train a reward model on (outside the evaluation share); "
+            f"at least {min_ratings} are needed (CITELOOP_TRAINING_MIN_PAIRS); dropped: {dict(dropped) or 'none'}"
+        )
+    if min_ratings and len(labels := {r.label for r in train}) < 2:
+        alike = "preferred" if 1 in labels else "not preferred"
+        raise TrainingSetError(f"collection '{collection}': its {len(train)} rated answers are all {alike}; a reward model needs both")
+    return result
+
+
+def sampled_pairs(
+    session: Session,
+    collection: str,
+    scrub: Callable[[str], str],
+    sample: Sample,
+    score: Score,
+    verify: VerifyAnswer,
+    k: int,
+    holdout: float,
+    paired_answer_ids: set[str],
+    evaluation_queries: set[str] = frozenset(),
+    max_prompts: int = 200,
+) -> tuple[list[PairRow], Counter]:
+    """Pairs from logged prompts no feedback paired: for each stored answer of the current prompt format (newest
+    first, at most `max_prompts`; not the held-out share's questions, an evaluation set's, or a key's that opted out),
+    `k` answers sampled from its prompt and scored by the reward model; the best is chosen over the worst when their
+    scores differ by SAMPLE_MARGIN and the best passes citation verification (a declined best is the refusal).
+    A pair's `event_ids` name its answer (`answer:<id>`): erasing the answer removes the pair from snapshots.
+    Returns the pairs and what was dropped."""
+    from citeloop.db import ApiKey, get_collection
+
+    dropped: Counter = Counter()
+    opted_out = set(session.scalars(select(ApiKey.name).where(ApiKey.training_opt_out.is_(True))))
+    records = session.scalars(
+        select(AnswerRecord)
+        .where(AnswerRecord.collection_id == get_collection(session, collection).id, AnswerRecord.prompt_format == PROMPT_FORMAT)
+        .order_by(AnswerRecord.created_at.desc())
+    )
+    rows: list[PairRow] = []
+    seen_prompts: set[str] = set()
+    for record in records:
+        if len(seen_prompts) == max_prompts:
+            break
+        if record.id in paired_answer_ids or record.actor in opted_out or not record.prompt:
+            continue
+        answer = served_answers(session, {record.id}, scrub)[record.id]
+        key = query_key(answer.question)
+        if is_holdout(key, holdout) or key in evaluation_queries or answer.prompt_key in seen_prompts:
+            continue
+        seen_prompts.add(answer.prompt_key)
+        drafts = list(dict.fromkeys(sample(chat_messages(answer.prompt), seed).strip() for seed in range(k)))
+        scores = score([(answer.question, REFUSAL if declined(d) else d) for d in drafts])
+        ranked = sorted(zip(scores, drafts), key=lambda x: -x[0])
+        (best_score, best), (worst_score, worst) = ranked[0], ranked[-1]
+        if best_score - worst_score < SAMPLE_MARGIN:
+            dropped["sampled_without_a_margin"] += 1
+            continue
+        chosen = REFUSAL if declined(best) else verify(answer.question, best, answer.sources)
+        if chosen is None:
+            dropped["sampled_not_verified"] += 1
+            continue
+        rows.append(PairRow(key, answer.question, answer.prompt, PROMPT_FORMAT, chosen, worst, "reward_samples", WEAK, answer.id, (f"answer:{answer.id}",)))
+    return rows, dropped
+
+
+def check_pair_feedback(session: Session, collection: str, holdout: float, min_pairs: int, sampling: bool = False) -> None:
     """Raises TrainingSetError when the stored feedback cannot make `min_pairs` training pairs: the pairs counted
-    before verification and personal-data scrubbing, each flagged answer as the pair its regeneration may make
-    (what a job checks before it is queued; the job applies every gate)."""
+    before verification and personal-data scrubbing, each flagged answer as the pair its regeneration may make and,
+    with `sampling`, each other logged answer as the pair its samples may make (what a job checks before it is
+    queued; the job applies every gate). Sampling needs the collection's active reward model."""
+    from citeloop.db import ModelVersion, get_collection
+
     pairs = build_pair_set(session, collection, lambda text: text, lambda question, answer, sources: answer, None, holdout, 0)
     possible = len(pairs.rows) + pairs.dropped.get("flag_without_regeneration", 0)
+    if sampling:
+        cid = get_collection(session, collection).id
+        reward = select(ModelVersion.id).where(ModelVersion.collection_id == cid, ModelVersion.kind == "reward", ModelVersion.status == "active")
+        if session.scalar(reward) is None:
+            raise TrainingSetError(f"collection '{collection}' has no active reward model to rank sampled answers: train one (citeloop train reward)")
+        logged = session.scalars(select(AnswerRecord.id).where(AnswerRecord.collection_id == cid, AnswerRecord.prompt_format == PROMPT_FORMAT))
+        possible += len(set(logged) - {p.answer_id for p in pairs.rows + pairs.eval_rows})
     if possible < min_pairs:
         raise TrainingSetError(
             f"collection '{collection}' has feedback for at most {possible} preference pairs to train on (outside the evaluation share); "
@@ -210,7 +385,8 @@ def _correction_pairs(events, answers, dropped, out) -> set[str]:
     return set(latest)
 
 
-def _vote_pairs(events, answers, dropped, out) -> None:
+def _vote_pairs(events, answers, dropped, out) -> list[tuple[ServedAnswer, float, tuple[str, ...]]]:
+    """Returns each voted answer with its net vote (ties left out)."""
     votes = [e for e in events if e.kind in VOTE_KINDS]
     latest = {(e.actor, e.answer_id): e for e in votes}
     dropped["superseded_vote"] += len(votes) - len(latest)
@@ -243,6 +419,7 @@ def _vote_pairs(events, answers, dropped, out) -> None:
                 weight = WEAK * min(abs(net[good]), abs(net[bad]))
                 chosen = REFUSAL if answers[good].refused else answers[good].text
                 out.append((answers[bad], chosen, answers[bad].text, "votes", weight, tuple(sorted(event_ids[good] + event_ids[bad]))))
+    return [(answers[a], total, tuple(sorted(event_ids[a]))) for a, total in net.items() if total != 0]
 
 
 def _flag_pairs(events, answers, corrected, regenerate, dropped, out) -> None:
@@ -257,8 +434,9 @@ def _flag_pairs(events, answers, corrected, regenerate, dropped, out) -> None:
                 flagged[event.answer_id].append(event)
     for answer_id, flags in flagged.items():
         answer = answers[answer_id]
+        event_ids = tuple(sorted(e.id for e in flags))
         if regenerate is None:
-            dropped["flag_without_regeneration"] += 1
+            out.append((answer, None, answer.text, "citation_flag", STRONG, event_ids))
             continue
         bad = {e.chunk_id for e in flags}
         kept = [s for s in answer.sources if s.chunk_id not in bad]
@@ -268,7 +446,7 @@ def _flag_pairs(events, answers, corrected, regenerate, dropped, out) -> None:
         numbered = [Source(i, s.chunk_id, s.doc_id, s.title, s.text, s.excerpt) for i, s in enumerate(kept, start=1)]
         draft = regenerate(answer.question, numbered)
         chosen = None if declined(draft) else renumbered(draft, {i: s.n for i, s in enumerate(kept, start=1)})
-        out.append((answer, chosen, answer.text, "citation_flag", STRONG, tuple(sorted(e.id for e in flags))))
+        out.append((answer, chosen, answer.text, "citation_flag", STRONG, event_ids))
 
 
 def _refusal_pairs(events, answers, corrected, out) -> None:

@@ -214,6 +214,8 @@ def _erase_in_collection(session: Session, actor: str, cid: int) -> dict[str, in
     search_ids = select(SearchRecord.id).where(SearchRecord.collection_id == cid, SearchRecord.actor == actor)
     about_actor = (FeedbackRecord.actor == actor) | FeedbackRecord.answer_id.in_(answer_ids) | FeedbackRecord.search_id.in_(search_ids)
     erased_ids = set(session.scalars(select(FeedbackRecord.id).where(FeedbackRecord.collection_id == cid, about_actor)))
+    # Pairs sampled from a logged prompt name their answer instead of an event.
+    erased_ids |= {f"answer:{answer_id}" for answer_id in session.scalars(answer_ids)}
     snapshot_rows = erase_from_snapshots(session, cid, erased_ids)
     events = session.execute(delete(FeedbackRecord).where(FeedbackRecord.collection_id == cid, about_actor)).rowcount
     answers = session.execute(delete(AnswerRecord).where(AnswerRecord.collection_id == cid, AnswerRecord.actor == actor)).rowcount

@@ -71,6 +71,11 @@ class LabelRow:
     event_ids: tuple[str, ...]
 
 
+def chat_messages(prompt: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    """A stored (role, content) prompt as the chat messages a generator takes."""
+    return [{"role": role, "content": content} for role, content in prompt]
+
+
 @dataclass(frozen=True)
 class PairRow:
     """One preference pair of a generator snapshot: two answers to the exact prompt one of them was served from."""
@@ -81,17 +86,31 @@ class PairRow:
     prompt_format: str
     chosen: str
     rejected: str
-    rule: str  # correction | correction_over_refusal | votes | citation_flag | refusal
+    rule: str  # correction | correction_over_refusal | votes | citation_flag | refusal | reward_samples
     weight: float
     answer_id: str  # the answer whose prompt it is
-    event_ids: tuple[str, ...]
+    event_ids: tuple[str, ...]  # the feedback events it was made from; a sampled pair: its answer, `answer:<id>`
 
     @property
     def messages(self) -> list[dict[str, str]]:
-        return [{"role": role, "content": content} for role, content in self.prompt]
+        return chat_messages(self.prompt)
 
 
-ROW_TYPES = {"reranker": LabelRow, "generator": PairRow}
+@dataclass(frozen=True)
+class RatedAnswer:
+    """One resolved rating of a reward snapshot: an answer to a question, preferred (1) or not (0)."""
+
+    query_id: str
+    query: str  # scrubbed of personal data
+    answer: str
+    label: int
+    weight: float
+    signal: str  # curator | vote
+    answer_id: str  # the stored answer it rates or, for a curator's correction, the answer corrected
+    event_ids: tuple[str, ...]
+
+
+ROW_TYPES = {"reranker": LabelRow, "generator": PairRow, "reward": RatedAnswer}
 
 
 @dataclass
@@ -329,11 +348,11 @@ class SnapshotInfo:
     first_event_at: datetime | None
     last_event_at: datetime | None
     erased_rows: int
-    rows: tuple[LabelRow, ...] | tuple[PairRow, ...]
+    rows: tuple[LabelRow, ...] | tuple[PairRow, ...] | tuple[RatedAnswer, ...]
 
 
 def save_snapshot(session: Session, collection: str, kind: str, training_set) -> SnapshotInfo:
-    """Store a reranker's TrainingSet or a generator's PairSet as a versioned snapshot."""
+    """Store a reranker's TrainingSet, a generator's PairSet or a reward model's RatingSet as a versioned snapshot."""
     stored = [json.loads(json.dumps(asdict(r))) for r in training_set.rows]  # tuples as JSON lists
     record = TrainingSnapshot(
         id=f"snap-{uuid.uuid4().hex[:12]}", collection_id=get_collection(session, collection).id, kind=kind,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from citeloop.config import Settings
-from eval.answer_feedback_loop import gold_source, liked, split_questions
+from eval.answer_feedback_loop import correction_text, gold_source, liked, split_questions
 from eval.qa import QuestionRow
 from feedback.examples import is_holdout, query_key
 from feedback.generator_loop import gate_questions, qa_gate_decision
@@ -85,6 +85,12 @@ def test_the_simulated_user_likes_matching_answers_that_cite_a_gold_document():
     shown = [{"doc_id": "d9", "text": "Release 3 reads TOML files."}, {"doc_id": "d3", "text": "Release 3 notes."}, {"doc_id": "d3", "text": "It reads TOML files."}]
     assert gold_source(row, shown) == 3  # the gold document's source holding most of the reference
     assert gold_source(row, shown[:1]) is None
+    assert correction_text(row, shown) == "Release 3 reads TOML files. [3]"  # a full answer: written as it is
+    assert correction_text(row, shown[:1]) is None
+    # A span of a source sentence (extractive QA references): the curator writes the sentence it comes from.
+    span = QuestionRow("3", "What does release 4 read?", ["TOML files"], ["d4"])
+    source = [{"doc_id": "d4", "text": "Release 4 came out in May. Since then, release 4 reads TOML files only. It is fast."}]
+    assert correction_text(span, source) == "Since then, release 4 reads TOML files only. [1]"
     unanswerable = QuestionRow("2", "What does release 99 read?")
     assert liked(unanswerable, {"abstained": True, "answer": REFUSAL, "citations": []})
 
@@ -112,3 +118,9 @@ def test_job_options_are_checked_per_kind():
         check_options("generator", {"hard_negatives": 2})
     with pytest.raises(JobError, match="a reranker job may set"):
         check_options("reranker", {"beta": 0.2})
+    assert check_options("generator", {"bf16": None}) == {"bf16": None}  # None: the host decides
+    with pytest.raises(JobError, match="'bf16' must be a bool or null"):
+        check_options("generator", {"bf16": "yes"})
+    assert check_options("reward", {"epochs": 2, "learning_rate": 1e-4}) == {"epochs": 2, "learning_rate": 1e-4}
+    with pytest.raises(JobError, match="a reward job may set"):
+        check_options("reward", {"lora_rank": 4})

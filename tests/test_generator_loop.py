@@ -118,6 +118,9 @@ def test_bad_generator_job_requests_are_clear_errors(site):
     with pytest.raises(CiteloopError) as unknown:
         admin.submit_job("releases", kind="generator", options={"hard_negatives": 2})
     assert unknown.value.status in (400, 422) and "hard_negatives" in unknown.value.message
+    with pytest.raises(CiteloopError) as wrong_kind:
+        admin.submit_job("releases", kind="reward", options={"beta": 0.2})
+    assert wrong_kind.value.status in (400, 422) and "a reward job may set" in wrong_kind.value.message
     admin.create_collection("empty")
     admin.add_documents("empty", [{"id": "x", "title": "X", "text": "Nothing anyone asked about."}])
     with pytest.raises(CiteloopError) as nothing:
@@ -133,3 +136,8 @@ def test_feedback_preview_shows_the_pairs_a_generator_job_would_train_on(site):
     )
     assert shown.returncode == 0, shown.stderr
     assert "pairs_refusal" in shown.stdout and "refusal: " in shown.stdout and "preference pairs: enough to train" in shown.stdout
+    rated = subprocess.run(
+        [sys.executable, "-m", "cli", "feedback", "preview", "releases", "--kind", "reward"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert rated.returncode == 0, rated.stderr
+    assert "ratings_curator" in rated.stdout and "rated answers: enough to train" in rated.stdout

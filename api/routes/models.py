@@ -39,14 +39,13 @@ def get_models(
 async def promote_model(version_id: str, caller: Admin, services: ServicesDep, body: PromoteRequest | None = None) -> ModelOut:
     """Gate the version against what serves now (on its evaluation queries) and promote it if it passes, or with force."""
     from citeloop.registry import promote, record_metrics
-    from feedback.generator_loop import run_generator_gate
-    from feedback.reranker_loop import gate_record, run_gate
+    from feedback.gates import regate
+    from feedback.reranker_loop import gate_record
 
     version = _reachable(version_id, caller, services)
     if version.status == "active":
         raise ApiError(409, "conflict", f"model version '{version_id}' is already active")
-    gate = run_gate if version.kind == "reranker" else run_generator_gate
-    decision = await run_in_threadpool(gate, version, services.settings)
+    decision = await run_in_threadpool(regate, version, services.settings)
     record_metrics(version_id, {"gate": gate_record(decision)}, services.settings)
     force = body.force if body else False
     return model_out(promote(version_id, services.settings, actor=caller.name, force=force))
