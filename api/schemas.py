@@ -252,7 +252,7 @@ class TrainingOptions(Strict):
     lora_rank: int | None = Field(None, ge=1, le=256)
     max_length: int | None = Field(None, ge=64, le=32768)
     bf16: bool | None = None
-    samples: int | None = Field(None, ge=0, le=16, description="Generators: answers sampled per logged prompt, ranked by the active reward model.")
+    samples: int | None = Field(None, ge=2, le=16, description="Generators: answers sampled per logged prompt, ranked by the active reward model.")
     sample_temperature: float | None = Field(None, gt=0, le=2)
     seed: int | None = None
 

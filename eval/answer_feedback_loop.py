@@ -66,9 +66,10 @@ def correction_text(row: QuestionRow, contexts: list[dict]) -> str | None:
         return None
     reference = " ".join(row.references[0].split())
     text = contexts[gold - 1]["text"]
-    fragment = normalize_answer(reference)
-    holding = [" ".join(text[a:b].split()) for a, b in sentence_spans(text) if fragment in normalize_answer(text[a:b])]
-    answer = min(holding, key=len) if holding and fragment != normalize_answer(min(holding, key=len)) else reference
+    fragment = f" {normalize_answer(reference)} "  # whole words: "2" is no span of "2020"
+    holding = [" ".join(text[a:b].split()) for a, b in sentence_spans(text) if fragment.strip() and fragment in f" {normalize_answer(text[a:b])} "]
+    shortest = min(holding, key=len) if holding else None
+    answer = shortest if shortest and normalize_answer(shortest) != fragment.strip() else reference
     return f"{answer.rstrip()} [{gold}]"
 
 

@@ -98,7 +98,7 @@ def run_expertqa_reward(directory: Path, holdout: float = 0.3, args=None, files:
     useful = [int(a.usefulness == USEFUL) for a in held]
     return {
         "data": str(directory),
-        "questions": {"train": len(train), "held_out": len(held)},
+        "questions": {"train": len({a.question for a in train}), "held_out": len({a.question for a in held})},
         "train_ratings": figures["ratings"],
         "train_seconds": figures["train_seconds"],
         "args": args.as_params(),

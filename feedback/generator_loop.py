@@ -24,7 +24,7 @@ from citeloop.db import AnswerRecord, session_scope
 from citeloop.registry import GateDecision, VersionInfo, active_version, paired_bootstrap, register_candidate, staging_dir, verified_path
 from eval.qa import QuestionRow, evaluate_qa
 from feedback.reranker_loop import LoopReport, settle
-from feedback.trainset import PairRow, TrainingSetError
+from feedback.trainset import PairRow, TrainingSetError, prompt_key
 from generation.citations import Source, split_cited_sentences
 from generation.engines import ADAPTER_GGUF, SamplingParams
 from generation.prompt import PROMPT_FORMAT, REFUSAL, build_messages
@@ -137,9 +137,13 @@ def sampler(pipeline, settings: Settings, temperature: float):
     return sample
 
 
-def add_sampled_pairs(session, collection: str, pairs, scrub, verify, pipeline, args, settings: Settings, evaluation_queries: set[str]) -> None:
+def add_sampled_pairs(
+    session, collection: str, pairs, scrub, verify, pipeline, args, settings: Settings, evaluation_queries: set[str],
+    on_prompt=lambda sampled: None, until: datetime | None = None,
+) -> None:
     """`pairs` (a PairSet) with the pairs `sampled_pairs` makes from the collection's logged prompts, ranked by its
-    active reward model; raises TrainingSetError without one, or when the pairs are still too few."""
+    active reward model; raises TrainingSetError without one, or when the pairs are still too few. `on_prompt`:
+    progress (and a job's cancellation), called with the prompts sampled so far."""
     from feedback.pairs import sampled_pairs
     from feedback.reward import RewardModel
 
@@ -148,8 +152,8 @@ def add_sampled_pairs(session, collection: str, pairs, scrub, verify, pipeline, 
         raise TrainingSetError(f"collection '{collection}' has no active reward model to rank sampled answers: train one (citeloop train reward)")
     sampled, dropped = sampled_pairs(
         session, collection, scrub, sampler(pipeline, settings, args.sample_temperature), RewardModel(verified_path(reward)).score, verify,
-        args.samples, settings.eval_holdout, {p.answer_id for p in pairs.rows + pairs.eval_rows}, evaluation_queries,
-        settings.training_max_sampled_prompts,
+        args.samples, settings.eval_holdout, {prompt_key(p.prompt) for p in pairs.rows + pairs.eval_rows}, evaluation_queries,
+        settings.training_max_sampled_prompts, on_prompt, until,
     )
     pairs.rows.extend(sampled)
     pairs.counts |= {"pairs_reward_samples": len(sampled), "rows": len(pairs.rows), "queries": len({r.query_id for r in pairs.rows})}
@@ -195,9 +199,6 @@ def train_generator_from_feedback(
             session, collection, scrub, verify, regenerator(pipeline, settings), settings.eval_holdout,
             0 if args.samples else settings.training_min_pairs, evaluation_queries, until,
         )
-        if args.samples:
-            stage(f"sampling {args.samples} answers a logged prompt, ranked by the reward model", 0.03)
-            add_sampled_pairs(session, collection, pairs, scrub, verify, pipeline, args, settings, evaluation_queries)
         held_out = session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_({p.answer_id for p in pairs.eval_rows})))
         contexts = {record.id: [c.get("doc_id", "") for c in record.contexts] for record in held_out}
         questions = gate_questions(pairs.eval_rows, contexts)
@@ -206,6 +207,10 @@ def train_generator_from_feedback(
                 f"no preference pair of collection '{collection}' fell in the evaluation share: the gate has no question to "
                 "compare answers on; give more feedback"
             )
+        if args.samples:
+            stage(f"sampling {args.samples} answers a logged prompt, ranked by the reward model", 0.03)
+            progress = lambda sampled: stage(f"sampled answers for {sampled} logged prompts", 0.03) if sampled % 10 == 0 else None  # noqa: E731
+            add_sampled_pairs(session, collection, pairs, scrub, verify, pipeline, args, settings, evaluation_queries, progress, until)
         snapshot = save_snapshot(session, collection, "generator", pairs)
     weights = resolve_generator(settings.generator, settings)
     stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} pairs, {len(questions)} held-out questions to gate on", 0.05)

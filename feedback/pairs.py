@@ -19,8 +19,6 @@ and each voted answer by its net vote.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -44,6 +42,7 @@ from feedback.trainset import (
     TrainingSetError,
     chat_messages,
     gated_events,
+    prompt_key,
     judgements_from_events,
     key_reliability,
     resolve,
@@ -95,7 +94,7 @@ class ServedAnswer:
     prompt_key: str = field(init=False)  # names the prompt: answers served from the same one share it
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompt_key", hashlib.sha256(json.dumps(self.prompt).encode()).hexdigest()[:16])
+        object.__setattr__(self, "prompt_key", prompt_key(self.prompt))
 
     @property
     def refused(self) -> bool:
@@ -215,7 +214,8 @@ def build_pair_set(
 class RatingSet:
     rows: list[RatedAnswer]  # training ratings: held-out questions excluded
     eval_rows: list[RatedAnswer]  # the held-out questions' ratings
-    eval_pairs: list[tuple[str, str, str]]  # the held-out questions' pairs (question, chosen, rejected), as the pair rules make them
+    # The held-out questions' pairs as the pair rules make them: (question, chosen, rejected, event ids).
+    eval_pairs: list[tuple[str, str, str, tuple[str, ...]]]
     counts: dict[str, int]
     dropped: dict[str, int]
     first_event_at: datetime | None = None
@@ -238,17 +238,19 @@ def build_rating_set(
     Raises TrainingSetError when fewer than `min_ratings` are left outside the held-out share, or (`min_ratings` > 0)
     they are all alike."""
     judged = judged_answers(session, collection, scrub, None, until)
-    counts, dropped = judged.counts, judged.dropped
+    counts, dropped = dict(judged.counts), judged.dropped
+    dropped.pop("votes_without_a_contrary_answer", None)  # a pair needs one; a rating does not
     marks: dict[tuple[str, str], list[RatedAnswer]] = defaultdict(list)
 
     def mark(answer: ServedAnswer, text: str, label: int, weight: float, signal: str, event_ids: tuple[str, ...]) -> None:
         key = query_key(answer.question)
         marks[key, text.strip()].append(RatedAnswer(key, answer.question, text.strip(), label, round(weight, 4), signal, answer.id, event_ids))
 
-    held_pairs = []
+    held_pairs: dict[tuple[str, str, str], tuple[str, ...]] = {}  # (question, chosen, rejected) -> event ids
     for answer, chosen, rejected, rule, weight, event_ids in judged.candidates:
-        if chosen is not None and is_holdout(query_key(answer.question), holdout):
-            held_pairs.append((answer.question, chosen, rejected))
+        key = query_key(answer.question)
+        if chosen is not None and chosen != rejected and is_holdout(key, holdout) and key not in evaluation_queries:
+            held_pairs[answer.question, chosen, rejected] = tuple(sorted({*held_pairs.get((answer.question, chosen, rejected), ()), *event_ids}))
         if rule == "votes":  # voted answers are rated by their own net vote below
             continue
         mark(answer, rejected, 0, weight, "curator", event_ids)
@@ -265,16 +267,23 @@ def build_rating_set(
         if curators and len(curators) < len(found):
             dropped["vote_outranked_by_curator"] += len(found) - len(curators)
         kept = curators or found
-        rows.append(replace(kept[0], weight=max(m.weight for m in kept), event_ids=tuple(sorted({i for m in kept for i in m.event_ids}))))
+        label = kept[0].label
+        if not curators:  # answers of one text voted on apart: their net votes decide
+            net = sum(m.weight if m.label else -m.weight for m in kept)
+            if net == 0:
+                dropped["rating_vote_tie"] += 1
+                continue
+            label = int(net > 0)
+        rows.append(replace(kept[0], label=label, weight=max(m.weight for m in kept), event_ids=tuple(sorted({i for m in kept for i in m.event_ids}))))
     if in_evaluation := sum(r.query_id in evaluation_queries for r in rows):
         dropped["question_in_evaluation_set"] += in_evaluation
         rows = [r for r in rows if r.query_id not in evaluation_queries]
-        held_pairs = [p for p in held_pairs if query_key(p[0]) not in evaluation_queries]
     train = [r for r in rows if not is_holdout(r.query_id, holdout)]
     held = [r for r in rows if is_holdout(r.query_id, holdout)]
     counts |= {f"ratings_{signal}": sum(r.signal == signal for r in train) for signal in ("curator", "vote")}
     counts |= {"rows": len(train), "preferred": sum(r.label for r in train), "queries": len({r.query_id for r in train}), "held_out_ratings": len(held), "held_out_pairs": len(held_pairs)}
-    result = RatingSet(train, held, held_pairs, dict(counts), dict(dropped), judged.first_event_at, judged.last_event_at)
+    eval_pairs = [(*pair, event_ids) for pair, event_ids in held_pairs.items()]
+    result = RatingSet(train, held, eval_pairs, counts, dict(dropped), judged.first_event_at, judged.last_event_at)
     result.examples = [f"{r.signal} {r.label}: {r.query!r}: {r.answer[:80]!r}" for r in train[:5]]
     if len(train) < min_ratings:
         raise TrainingSetError(
@@ -296,37 +305,52 @@ def sampled_pairs(
     verify: VerifyAnswer,
     k: int,
     holdout: float,
-    paired_answer_ids: set[str],
+    paired_prompts: set[str],
     evaluation_queries: set[str] = frozenset(),
     max_prompts: int = 200,
+    on_prompt: Callable[[int], None] = lambda sampled: None,
+    until: datetime | None = None,
 ) -> tuple[list[PairRow], Counter]:
-    """Pairs from logged prompts no feedback paired: for each stored answer of the current prompt format (newest
-    first, at most `max_prompts`; not the held-out share's questions, an evaluation set's, or a key's that opted out),
-    `k` answers sampled from its prompt and scored by the reward model; the best is chosen over the worst when their
-    scores differ by SAMPLE_MARGIN and the best passes citation verification (a declined best is the refusal).
-    A pair's `event_ids` name its answer (`answer:<id>`): erasing the answer removes the pair from snapshots.
-    Returns the pairs and what was dropped."""
+    """Pairs from logged prompts no feedback paired (`paired_prompts`: their `prompt_key`s): for each stored answer
+    of the current prompt format (newest first, at most `max_prompts`; not the held-out share's questions, an
+    evaluation set's, or a key's that opted out), `k` answers sampled from its prompt and scored by the reward model;
+    the best is chosen over the worst when their scores differ by SAMPLE_MARGIN and the best passes citation
+    verification (a declined best is the refusal). A pair's `event_ids` name its answer (`answer:<id>`): erasing the
+    answer removes the pair from snapshots. `on_prompt`: called with the prompts sampled so far; `until`: only
+    answers logged up to then. Returns the pairs and what was dropped or skipped."""
+    if k < 2:
+        raise TrainingSetError(f"samples={k}: a best and a worst answer need at least 2 samples a prompt")
     from citeloop.db import ApiKey, get_collection
 
     dropped: Counter = Counter()
     opted_out = set(session.scalars(select(ApiKey.name).where(ApiKey.training_opt_out.is_(True))))
-    records = session.scalars(
-        select(AnswerRecord)
-        .where(AnswerRecord.collection_id == get_collection(session, collection).id, AnswerRecord.prompt_format == PROMPT_FORMAT)
-        .order_by(AnswerRecord.created_at.desc())
-    )
+    logged = select(AnswerRecord).where(AnswerRecord.collection_id == get_collection(session, collection).id, AnswerRecord.prompt_format == PROMPT_FORMAT)
+    if until is not None:
+        logged = logged.where(AnswerRecord.created_at <= until)
+    records = session.scalars(logged.order_by(AnswerRecord.created_at.desc()))
     rows: list[PairRow] = []
     seen_prompts: set[str] = set()
     for record in records:
         if len(seen_prompts) == max_prompts:
             break
-        if record.id in paired_answer_ids or record.actor in opted_out or not record.prompt:
+        if record.actor in opted_out or not record.prompt:
+            dropped["sampling_skipped_key_opted_out" if record.prompt else "sampling_skipped_no_stored_prompt"] += 1
             continue
         answer = served_answers(session, {record.id}, scrub)[record.id]
         key = query_key(answer.question)
-        if is_holdout(key, holdout) or key in evaluation_queries or answer.prompt_key in seen_prompts:
+        skip = next(
+            (reason for reason, applies in (
+                ("sampling_skipped_prompt_paired_by_feedback", answer.prompt_key in paired_prompts),
+                ("sampling_skipped_question_held_out", is_holdout(key, holdout) or key in evaluation_queries),
+                ("sampling_skipped_prompt_sampled", answer.prompt_key in seen_prompts),
+            ) if applies),
+            None,
+        )
+        if skip:
+            dropped[skip] += 1
             continue
         seen_prompts.add(answer.prompt_key)
+        on_prompt(len(seen_prompts))
         drafts = list(dict.fromkeys(sample(chat_messages(answer.prompt), seed).strip() for seed in range(k)))
         scores = score([(answer.question, REFUSAL if declined(d) else d) for d in drafts])
         ranked = sorted(zip(scores, drafts), key=lambda x: -x[0])

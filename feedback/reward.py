@@ -1,12 +1,14 @@
 """The reward model: a cross-encoder scoring how well an answer serves its question, as the collection's users and
 curators judged answers (feedback/pairs.py: `build_rating_set`). sentence-transformers' CrossEncoderTrainer fits a
 fresh one-logit head on the bundled MiniLM weights with binary cross-entropy (positives weighted by the
-not-preferred/preferred ratio); a registry version of kind `reward` holds it.
+not-preferred/preferred ratio; each rating once: the weights it records are not trained on); a registry version of
+kind `reward` holds it.
 
 Its gate: accuracy on the held-out questions' feedback, each item scored right (1), wrong (0) or tied (0.5): a
 pair is right when the chosen answer scores above the rejected one, a rating when the score is above 0.5 exactly for
 preferred answers. The candidate must beat what serves (the active reward model on the same items, or chance: 0.5
-an item) with the gain's paired bootstrap interval above CITELOOP_GATE_MIN_CI_LOWER (with CITELOOP_GATE_REQUIRE_CI).
+an item) with the gain's paired bootstrap interval above CITELOOP_GATE_MIN_CI_LOWER (with CITELOOP_GATE_REQUIRE_CI),
+on at least MIN_GATE_ITEMS items.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from feedback.trainset import RatedAnswer, TrainingSetError
 CROSS_ENCODER_DIR = "cross-encoder"
 TRAINING_FILE = "training.json"
 CHANCE = 0.5
+# Fewer held-out items do not promote: a handful scored right would pass against chance with an interval of zero width.
+MIN_GATE_ITEMS = 10
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,12 @@ def train_reward_model(rows: Sequence[RatedAnswer], out_dir: Path, args: RewardT
     }
 
 
-def item_scores(score, ratings: Sequence[RatedAnswer], pairs: Sequence[tuple[str, str, str]]) -> dict[str, float]:
-    """Per held-out item, 1 when `score` (question-answer pairs -> scores) judges it right, 0 when wrong, 0.5 on a tie."""
+def item_scores(score, ratings: Sequence[RatedAnswer], pairs: Sequence[tuple]) -> dict[str, float]:
+    """Per held-out item, 1 when `score` (question-answer pairs -> scores) judges it right, 0 when wrong, 0.5 on a tie.
+    `pairs`: (question, chosen, rejected, ...)."""
     out = {}
     if pairs:
-        flat = score([(q, a) for q, chosen, rejected in pairs for a in (chosen, rejected)])
+        flat = score([(p[0], answer) for p in pairs for answer in (p[1], p[2])])
         for i in range(len(pairs)):
             better, worse = flat[2 * i], flat[2 * i + 1]
             out[f"pair-{i}"] = 1.0 if better > worse else 0.5 if better == worse else 0.0
@@ -140,8 +145,9 @@ def reward_gate_decision(
 ) -> GateDecision:
     """Candidate and baseline: `item_scores` of the same held-out items (`ratings` the rated ones among them)."""
     mine, theirs = accuracy_report(candidate, ratings), accuracy_report(baseline, ratings)
-    if not candidate:
-        return GateDecision(False, "no held-out feedback to score the reward model on", mine, theirs, baseline_name)
+    if len(candidate) < MIN_GATE_ITEMS:
+        why = f"{len(candidate)} held-out items (pairs and ratings) to score the reward model on; at least {MIN_GATE_ITEMS} are needed"
+        return GateDecision(False, why, mine, theirs, baseline_name)
     gain, low, high = paired_bootstrap(candidate, baseline, settings.gate_confidence)
     head = (
         f"accuracy {mine['accuracy']:.4f} vs {baseline_name} {theirs['accuracy']:.4f} on {len(candidate)} held-out items: "
@@ -154,10 +160,11 @@ def reward_gate_decision(
     )
 
 
-def held_out_items(version: VersionInfo) -> tuple[list[RatedAnswer], list[tuple[str, str, str]]]:
+def held_out_items(version: VersionInfo) -> tuple[list[RatedAnswer], list[tuple]]:
+    """The ratings and pairs (question, chosen, rejected, event ids) a version's gate scores."""
     held = version.params.get("eval") or {}
     ratings = [RatedAnswer(**(r | {"event_ids": tuple(r["event_ids"])})) for r in held.get("ratings", ())]
-    return ratings, [tuple(p) for p in held.get("pairs", ())]
+    return ratings, [(q, chosen, rejected, tuple(ids)) for q, chosen, rejected, ids in held.get("pairs", ())]
 
 
 def run_reward_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
@@ -206,7 +213,7 @@ def train_reward_from_feedback(
     with staging_dir(settings) as scratch:
         artifact = scratch / "artifact"
         figures = train_reward_model(snapshot.rows, artifact, args, [reporter.training_callback(0.08, 0.85)] if reporter else [])
-        held = {"ratings": [json.loads(json.dumps(asdict(r))) for r in ratings.eval_rows], "pairs": [list(p) for p in ratings.eval_pairs]}
+        held = {"ratings": [json.loads(json.dumps(asdict(r))) for r in ratings.eval_rows], "pairs": [[*p[:3], list(p[3])] for p in ratings.eval_pairs]}
         (artifact / TRAINING_FILE).write_text(json.dumps({"args": args.as_params(), "snapshot_id": snapshot.id, "metrics": figures}, indent=2))
         version = register_candidate(
             artifact, collection, "reward", snapshot.id,

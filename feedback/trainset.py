@@ -71,6 +71,11 @@ class LabelRow:
     event_ids: tuple[str, ...]
 
 
+def prompt_key(prompt: tuple[tuple[str, str], ...]) -> str:
+    """Names a stored prompt: answers served from the same one share it."""
+    return hashlib.sha256(json.dumps(prompt).encode()).hexdigest()[:16]
+
+
 def chat_messages(prompt: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
     """A stored (role, content) prompt as the chat messages a generator takes."""
     return [{"role": role, "content": content} for role, content in prompt]
@@ -409,5 +414,13 @@ def erase_from_snapshots(session: Session, collection_id: int, event_ids: set[st
         record.erased_rows += len(record.rows) - len(kept)
         record.rows, record.sha256 = kept, rows_sha256(kept)
         for version in session.scalars(select(ModelVersion).where(ModelVersion.snapshot_id == record.id)):
+            version.data_erased_at = version.data_erased_at or utcnow()
+    # A reward model's gate keeps its held-out ratings and pairs (with their event ids) in the version itself.
+    for version in session.scalars(select(ModelVersion).where(ModelVersion.collection_id == collection_id, ModelVersion.kind == "reward")):
+        held = dict((version.params or {}).get("eval") or {})
+        ratings = [r for r in held.get("ratings", ()) if not event_ids.intersection(r["event_ids"])]
+        pairs = [p for p in held.get("pairs", ()) if not event_ids.intersection(p[3])]
+        if len(ratings) < len(held.get("ratings", ())) or len(pairs) < len(held.get("pairs", ())):
+            version.params = {**version.params, "eval": held | {"ratings": ratings, "pairs": pairs}}
             version.data_erased_at = version.data_erased_at or utcnow()
     return removed

@@ -91,6 +91,8 @@ def test_the_simulated_user_likes_matching_answers_that_cite_a_gold_document():
     span = QuestionRow("3", "What does release 4 read?", ["TOML files"], ["d4"])
     source = [{"doc_id": "d4", "text": "Release 4 came out in May. Since then, release 4 reads TOML files only. It is fast."}]
     assert correction_text(span, source) == "Since then, release 4 reads TOML files only. [1]"
+    year = QuestionRow("4", "When?", ["2"], ["d4"])  # a number is no span of a longer one
+    assert correction_text(year, [{"doc_id": "d4", "text": "It came out in 2020. It is fast."}]) == "2 [1]"
     unanswerable = QuestionRow("2", "What does release 99 read?")
     assert liked(unanswerable, {"abstained": True, "answer": REFUSAL, "citations": []})
 

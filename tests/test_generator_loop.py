@@ -141,3 +141,38 @@ def test_feedback_preview_shows_the_pairs_a_generator_job_would_train_on(site):
     )
     assert rated.returncode == 0, rated.stderr
     assert "ratings_curator" in rated.stdout and "rated answers: enough to train" in rated.stdout
+
+
+def test_a_generator_job_with_samples_needs_a_reward_model_and_pairs_its_ranking_of_sampled_answers(site):
+    from dataclasses import replace
+
+    from citeloop.db import session_scope
+    from feedback.generator_loop import add_sampled_pairs
+    from feedback.jobs import run_job
+    from feedback.pairs import build_pair_set, citation_verifier
+    from feedback.train_generator import GeneratorTrainingArgs
+    from generation.pipeline import AnswerPipeline
+
+    settings, admin, _ = site
+    with pytest.raises(CiteloopError) as no_reward:
+        admin.submit_job("releases", kind="generator", options={"samples": 2})
+    assert no_reward.value.status == 422 and "no active reward model" in no_reward.value.message
+    reward = run_job(admin.submit_job("releases", kind="reward", options={"epochs": 2})["id"], settings)  # the worker's code
+    assert reward.status == "succeeded", reward.error
+    if active_version("releases", "reward", settings) is None:  # its gate has few held-out items: serve it regardless
+        promote(reward.version_id, settings, actor="test", force=True)
+    questions = [f"Which format does parser release {i} read its configuration in?" for i in (2, 3, 5, 7)]
+    for text in questions:
+        admin.ask("releases", text)  # logged prompts no feedback pairs
+    verify = citation_verifier(settings)
+    with session_scope(settings) as session:
+        pairs = build_pair_set(session, "releases", lambda t: t, verify, None, settings.eval_holdout, 0)
+        explicit = len(pairs.rows)
+        add_sampled_pairs(session, "releases", pairs, lambda t: t, verify, AnswerPipeline("releases", settings), replace(GeneratorTrainingArgs(), samples=2), settings, set())
+    sampled = [r for r in pairs.rows if r.rule == "reward_samples"]
+    assert len(pairs.rows) == explicit + len(sampled) and pairs.counts["pairs_reward_samples"] == len(sampled)
+    assert all(r.event_ids == (f"answer:{r.answer_id}",) and r.chosen != r.rejected for r in sampled)
+    # Every logged prompt outside the held-out share was sampled: paired, or dropped with its reason.
+    eligible = sum(not is_holdout(query_key(q), settings.eval_holdout) for q in questions)
+    judged = len(sampled) + pairs.dropped.get("sampled_without_a_margin", 0) + pairs.dropped.get("sampled_not_verified", 0)
+    assert judged >= eligible > 0

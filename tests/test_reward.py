@@ -10,7 +10,7 @@ from citeloop.registry import active_version, get_version
 from feedback.examples import is_holdout, query_key
 from feedback.pairs import build_rating_set
 from feedback.reward import CHANCE, RewardModel, RewardTrainingArgs, accuracy_report, item_scores, reward_gate_decision, train_reward_model
-from feedback.trainset import RatedAnswer, TrainingSetError, load_snapshot
+from feedback.trainset import RatedAnswer, TrainingSetError, load_snapshot, prompt_key
 from generation.prompt import REFUSAL
 from tests.test_pairs import CURATOR, GOOD, Q, VOTERS, feedback, served, site  # noqa: F401  (site: the fixture)
 
@@ -62,7 +62,7 @@ def test_refusals_are_rated_and_the_held_out_share_keeps_its_pairs(site):
     held = {query_key(q) for q in questions if is_holdout(query_key(q), 0.3)}
     assert held and all(r.query_id not in held for r in result.rows)
     assert {(r.answer, r.label) for r in result.rows} == {(REFUSAL, 1)} | {(f"Release {i} is written in Go [1].", 0) for i in range(12) if query_key(questions[i]) not in held}
-    assert len(result.eval_pairs) == len(held) and all(chosen == REFUSAL for _, chosen, _ in result.eval_pairs)
+    assert len(result.eval_pairs) == len(held) and all(chosen == REFUSAL for _, chosen, *_ in result.eval_pairs)
 
 
 def test_too_few_or_one_sided_ratings_are_clear_errors(site):
@@ -115,8 +115,9 @@ def test_the_reward_gate_needs_a_gain_whose_interval_clears_the_bound(sqlite_set
     assert not refused.passed and "lower bound is not above" in refused.reason
     worse = reward_gate_decision(chance, perfect, ratings_, "active reward model rew-1", settings)
     assert not worse.passed and "is not a gain" in worse.reason
-    empty = reward_gate_decision({}, {}, [], "chance", settings)
-    assert not empty.passed and "no held-out feedback" in empty.reason
+    few = {f"rating-{i}": 1.0 for i in range(3)}  # all right, but three items prove nothing
+    too_few = reward_gate_decision(few, {k: CHANCE for k in few}, ratings_[:3], "chance", settings)
+    assert not too_few.passed and "3 held-out items" in too_few.reason
 
 
 def test_a_reward_job_trains_registers_gates_and_promotes_a_reward_model(site):
@@ -143,6 +144,15 @@ def test_a_reward_job_trains_registers_gates_and_promotes_a_reward_model(site):
     assert second.parent_id == version.id and second.metrics["gate"]["baseline_name"] == f"active reward model {version.id}"
     assert not second.metrics["gate"]["passed"] and "is not a gain" in second.metrics["gate"]["reason"]
     assert active_version("docs", "reward", settings).id == version.id
+    # Erasing the curator removes their judgements from the held-out items the versions keep for their gate.
+    from citeloop.db import session_scope
+    from citeloop.keys import Principal
+    from feedback.store import erase_actor
+
+    with session_scope(settings) as session:
+        erase_actor(session, CURATOR.name, Principal("admin", "admin", ("*",)))
+    erased = get_version(version.id, settings)
+    assert erased.params["eval"]["ratings"] == [] and erased.params["eval"]["pairs"] == [] and erased.data_erased_at is not None
 
 
 def load_snapshot_kind(settings, snapshot_id: str) -> str:
@@ -205,11 +215,15 @@ def test_answers_sampled_from_logged_prompts_pair_the_reward_models_best_over_it
     served(settings, "Which format does release 3 use?", hits[3:4], "No idea.", actor="quiet")  # opted out: never sampled
     corrected = served(settings, "What does release 3 read, then?", hits[3:4], "No idea.")  # feedback paired it
     with session_scope(settings) as session:
-        rows, dropped = sampled_pairs(session, "docs", lambda t: t, sample, model.score, citation_verifier(settings), 3, 0.0001, {corrected.answer_id})
+        paired = {prompt_key(tuple((m["role"], m["content"]) for m in corrected.prompt))}
+        rows, dropped = sampled_pairs(session, "docs", lambda t: t, sample, model.score, citation_verifier(settings), 3, 0.0001, paired)
     (pair,) = rows
     assert pair.rule == "reward_samples" and pair.answer_id == logged.answer_id and pair.messages == logged.prompt
     assert pair.chosen == "Release 3 reads configuration files written in TOML format [1]." and pair.rejected == "Release 3 was published on a Tuesday."
-    assert pair.event_ids == (f"answer:{logged.answer_id}",) and dropped == {"sampled_without_a_margin": 1}
+    assert pair.event_ids == (f"answer:{logged.answer_id}",)
+    assert dropped == {"sampled_without_a_margin": 1, "sampling_skipped_key_opted_out": 1, "sampling_skipped_prompt_paired_by_feedback": 1}
+    with session_scope(settings) as session, pytest.raises(TrainingSetError, match="at least 2 samples"):
+        sampled_pairs(session, "docs", lambda t: t, sample, model.score, citation_verifier(settings), 1, 0.0001, set())
     # Erasing the person who asked removes the pair sampled from their prompt from every snapshot.
     with session_scope(settings) as session:
         snapshot = save_snapshot(session, "docs", "generator", PairSet(rows, [], {}, {}))
