@@ -105,15 +105,15 @@ def served_answers(session: Session, answer_ids: set[str], scrub: Callable[[str]
     """The stored answers, their questions (inside the prompt too) scrubbed."""
     if not answer_ids:
         return {}
-    out = {}
-    for record in session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_(answer_ids))):
-        question = scrub(record.question)
-        prompt = tuple((m["role"], m["content"].replace(record.question, question)) for m in record.prompt or ())
-        sources = tuple(
-            Source(n, c["chunk_id"], c.get("doc_id", ""), c.get("title", ""), c["text"]) for n, c in enumerate(record.contexts, start=1)
-        )
-        out[record.id] = ServedAnswer(record.id, question, record.answer, record.abstained, prompt, record.prompt_format, sources)
-    return out
+    return {record.id: served_answer(record, scrub) for record in session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_(answer_ids)))}
+
+
+def served_answer(record: AnswerRecord, scrub: Callable[[str], str]) -> ServedAnswer:
+    """A stored answer, its question (inside the prompt too) scrubbed."""
+    question = scrub(record.question)
+    prompt = tuple((m["role"], m["content"].replace(record.question, question)) for m in record.prompt or ())
+    sources = tuple(Source(n, c["chunk_id"], c.get("doc_id", ""), c.get("title", ""), c["text"]) for n, c in enumerate(record.contexts, start=1))
+    return ServedAnswer(record.id, question, record.answer, record.abstained, prompt, record.prompt_format, sources)
 
 
 def renumbered(text: str, numbers: dict[int, int]) -> str:
@@ -336,7 +336,7 @@ def sampled_pairs(
         if record.actor in opted_out or not record.prompt:
             dropped["sampling_skipped_key_opted_out" if record.prompt else "sampling_skipped_no_stored_prompt"] += 1
             continue
-        answer = served_answers(session, {record.id}, scrub)[record.id]
+        answer = served_answer(record, scrub)  # the row in hand: no second query per logged answer
         key = query_key(answer.question)
         skip = next(
             (reason for reason, applies in (
