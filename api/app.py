@@ -1,5 +1,5 @@
 """The citeloop HTTP API: ask, search, feedback capture, keys and roles, collections, export, evaluation sets,
-training jobs, the model registry, observability.
+evaluation runs, training jobs, the model registry, observability.
 
 `create_app` builds the process's `Services` and includes one router per resource (`api/routes/`). Every
 route but the probes needs `Authorization: Bearer <key>` (`api/deps.py`); errors are rendered in one place
@@ -15,7 +15,7 @@ from fastapi import FastAPI
 import citeloop
 from api import metrics
 from api.errors import install_error_handlers
-from api.routes import answers, collections, data, evalsets, feedback, keys, models, ops, training
+from api.routes import answers, collections, data, evals, evalsets, feedback, keys, models, ops, training
 from api.schemas import DocumentsIn
 from api.services import Services
 from citeloop.config import Settings, get_settings
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, warm_up: bool = True) -> FastAP
     app.state.services = services
     if warm_up:
         threading.Thread(target=services.warm_up, name="citeloop-warm-up", daemon=True).start()
-    for module in (ops, collections, answers, feedback, data, evalsets, keys, training, models):
+    for module in (ops, collections, answers, feedback, data, evalsets, evals, keys, training, models):
         app.include_router(module.router)
     app.add_middleware(metrics.RequestTimer)
     install_error_handlers(app)  # after the timer: its request-id middleware is the outermost

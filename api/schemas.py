@@ -314,3 +314,23 @@ class ModelsOut(BaseModel):
 
 class PromoteRequest(Strict):
     force: bool = Field(False, description="Promote even when the gate fails (recorded as forced).")
+
+
+class EvalRunOut(BaseModel):
+    """A stored `eval qa` run: what was asked (the questions' file and digest), by which models, with which
+    settings, and its metrics (ragas failures per metric beside them)."""
+
+    id: str
+    collection: str
+    questions: str
+    questions_sha256: str
+    models: dict[str, Any]
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    failures: dict[str, int]
+    created_by: str
+    created_at: str
+
+
+class EvalRunDetailOut(EvalRunOut):
+    rows: list[dict[str, Any]]  # one per question: the answer, citations, contexts and each metric's value

@@ -54,7 +54,8 @@ def pairs(n: int, evidence_sentences: int = 0, settings: Settings | None = None)
         reference_doc = row["reference_doc_ids"][0]
         others = [d for d in doc_ids[i % len(doc_ids) :] + doc_ids if d != reference_doc][:2]
         texts = [window(corpus[reference_doc]["text"], row["reference"])] + [window(corpus[d]["text"], "") for d in others]
-        sources = [Source(k, f"c{k}", d, corpus[d].get("title", ""), t) for k, (d, t) in enumerate(zip([reference_doc, *others], texts), start=1)]
+        # Ids unique per window: they key SpanEncoder's sentence cache.
+        sources = [Source(k, f"{d}@{row['id']}", d, corpus[d].get("title", ""), t) for k, (d, t) in enumerate(zip([reference_doc, *others], texts), start=1)]
         if spans is not None:
             sources = with_excerpts(sources, spans.closest_sentences(row["user_input"], sources, evidence_sentences))
         messages = build_messages(row["user_input"], sources)

@@ -260,6 +260,25 @@ class EvalSet(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class EvalRun(Base):
+    """One `eval qa` run: the questions asked (their file and digest), the models that answered, the settings,
+    and what came out (metrics, per-question rows). Read by `eval runs`, `eval compare` and `GET /v1/evals`."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    questions: Mapped[str] = mapped_column(Text)  # the file the questions were read from
+    questions_sha256: Mapped[str] = mapped_column(String(64))  # of the rows asked (ids, questions, references, gold ids)
+    models: Mapped[dict[str, Any]] = mapped_column(JSON)  # embedder, reranker, generator that answered
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # the run's options and the answer settings
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    failures: Mapped[dict[str, Any]] = mapped_column(JSON)  # ragas metric -> rows it failed on
+    rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 UNFINISHED = text("status IN ('queued', 'running')")
 
 

@@ -1,6 +1,7 @@
 """Evaluation commands: `eval qa` (answer quality), `eval retrieval` (ranking quality per stage), `eval
-feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator) and `eval reward` (the
-reward model on experts' preferences)."""
+feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator), `eval reward` (the
+reward model on experts' preferences), `eval dpo` (a DPO adapter trained on experts' preferences), and the history
+of `eval qa` runs: `eval runs`, `eval compare`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ from feedback.cross_encoder_trainer import RerankerTrainingArgs
 eval_app = typer.Typer(help="Evaluate retrieval and answers.", no_args_is_help=True)
 # The answer metrics the generator's replay harness prints before and after (its JSON has them all).
 ANSWER_METRICS = ("answer_f1", "citation_precision", "decline_rate_answerable", "refusal_rate_unanswerable", "latency_p50_ms")
+# The settings that shape answers, kept with each `eval qa` run.
+ANSWER_SETTINGS = {
+    "generator", "generator_engine", "context_window", "max_new_tokens", "temperature", "top_p", "seed", "evidence_sentences",
+    "answer_contexts", "fusion", "rrf_k", "dense_weight", "bm25_weight", "candidates", "rerank_top_n", "rerank_max_tokens",
+    "citation_min_similarity", "citation_min_overlap", "citation_min_relevance", "answer_min_support", "extractive_min_similarity",
+    "abstain_min_evidence", "abstain_unknown_terms", "abstain_rare_term_share",
+}
 
 
 def _figure(value) -> str:
@@ -38,10 +46,13 @@ def eval_qa(
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="N questions only.")] = None,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N questions (e.g. tune on 0-99, report on 100-199).")] = 0,
     split: Annotated[Optional[str], typer.Option("--split", help="Only rows whose \"split\" field is this (e.g. dev, heldout).")] = None,
+    ragas: Annotated[bool, typer.Option("--ragas", help="Also score the rows with ragas' metrics that need no judge (failures counted per metric).")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-question rows here.")] = None,
 ) -> None:
     """Answer quality overall and per question shape: token F1, citation precision/recall, context recall, the
-    decline rate on answerable and the refusal rate on unanswerable questions, latency."""
+    decline rate on answerable and the refusal rate on unanswerable questions, latency; with --ragas, ragas'
+    string- and id-based metrics too (rows without reference contexts take the chunks of their reference documents
+    that hold the reference answer)."""
     from citeloop.progress import progress_bar
     from eval.qa import evaluate_qa, load_questions
     from eval.retrieval import ensure_eval_collection
@@ -49,16 +60,42 @@ def eval_qa(
 
     if (collection is None) == (corpus is None):
         fail("give exactly one of --collection or --corpus")
-    rows = load_questions(questions, limit, offset, split)
+    asked = load_questions(questions, limit, offset, split)
     name = collection or ensure_eval_collection(corpus, show_progress=True)
+    rows = asked
+    if ragas:
+        from eval.ragas_suite import with_reference_contexts
+
+        rows = with_reference_contexts(asked, name)
     pipeline = AnswerPipeline(name)
     with progress_bar("answering", len(rows), enabled=True) as advance:
         report = evaluate_qa(rows, pipeline.answer, on_row=lambda _: advance(1))
+    if ragas:
+        from eval.ragas_suite import add_ragas_metrics
+
+        report = add_ragas_metrics(report)
     columns = {"all": report["metrics"]} | report["by_shape"]
     table = Table("metric", *columns, title=f"{questions} on {name}")
     for metric in report["metrics"]:
-        table.add_row(metric, *(_figure(figures[metric]) for figures in columns.values()))
+        table.add_row(metric, *(_figure(figures.get(metric)) for figures in columns.values()))
     console.print(table)
+    if ragas:
+        failed = {m: n for m, n in report["failures"].items() if n}
+        console.print(f"ragas failures: {failed or 'none'}; not applicable: {report['not_applicable']}", markup=False)
+    from citeloop.config import get_settings
+    from citeloop.db import session_scope
+    from eval.runs import save_run
+
+    config = {"limit": limit, "offset": offset, "split": split, "ragas": ragas, "settings": get_settings().model_dump(include=ANSWER_SETTINGS)}
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:  # the file's rows as read: a --ragas run and a plain one of the same questions share a digest
+        with session_scope() as session:
+            run = save_run(session, name, str(questions), asked, report, config, "cli")
+        report = {"run_id": run.id} | report
+        console.print(f"run {run.id} saved (citeloop eval runs; citeloop eval compare {run.id} OTHER)", markup=False)
+    except SQLAlchemyError as exc:  # the answers are not lost with the history: the JSON is still written
+        console.print(f"[yellow]the run was not saved to the history: {exc}[/]")
     if json_out:
         _write_json(json_out, report)
 
@@ -183,3 +220,96 @@ def eval_reward(
     )
     if json_out:
         _write_json(json_out, report)
+
+
+@eval_app.command("dpo")
+@reports_errors(ValueError, RuntimeError)
+def eval_dpo(
+    expertqa: Annotated[Path, typer.Option("--expertqa", help="ExpertQA's lfqa folder (rand_val.jsonl, domain_val.jsonl).")],
+    generator: Annotated[str, typer.Option("--generator", help="The generator the adapter is trained on and served over.")] = "smollm2-135m",
+    holdout: Annotated[float, typer.Option("--holdout", min=0.01, max=0.99, help="Share of the questions held out for scoring.")] = 0.3,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Answer the first N held-out questions only.")] = None,
+    evidence_sentences: Annotated[int, typer.Option("--evidence-sentences", min=0, help="Show each cited passage as its N sentences closest to the question (0: whole).")] = 2,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")] = 256,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="DPO epochs (default: the trainer's).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option("--learning-rate", min=0.0, help="DPO learning rate (default: the trainer's).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """DPO on real human preferences: an adapter trained on experts' revisions (chosen) over the original answers
+    (rejected) of part of ExpertQA's questions, served by llama.cpp; on the rest, how often its answer beats the
+    base generator's, by a reward model trained on the same questions and by token F1 against the revision."""
+    from dataclasses import replace
+
+    from eval.expertqa import run_expertqa_dpo
+    from feedback.reward import RewardTrainingArgs
+    from feedback.train_generator import GeneratorTrainingArgs
+
+    changes = {"epochs": epochs} if epochs else {}
+    dpo_args = replace(GeneratorTrainingArgs(), seed=seed, **changes, **({"learning_rate": learning_rate} if learning_rate else {}))
+    report = run_expertqa_dpo(
+        expertqa, holdout, generator, dpo_args, replace(RewardTrainingArgs(), seed=seed), evidence_sentences, limit,
+        max_new_tokens, log=lambda line: console.print(f"[dim]{line}[/]", markup=True),
+    )
+    table = Table("win rate of the adapter over the base", "rate", "95% CI", "wins / ties / losses")
+    for label, key in (("by the reward model", "win_rate_by_reward"), ("by token F1 vs the revised answer", "win_rate_by_f1")):
+        w = report[key]
+        table.add_row(label, f"{w['rate']:.4f}", f"{w['ci95'][0]:.4f} .. {w['ci95'][1]:.4f}", f"{w['wins']} / {w['ties']} / {w['losses']}")
+    console.print(table)
+    console.print(
+        f"{report['train_pairs']} pairs from {report['questions']['train']} questions, DPO {report['dpo']['train_seconds']} s; "
+        f"{report['questions']['answered']} of {report['questions']['held_out']} held-out questions answered; reward model prefers the revision in "
+        f"{_figure(report['reward']['pair_accuracy'])} of {report['reward']['held_out_pairs']} held-out pairs; "
+        f"mean F1 vs revised {report['mean_f1_vs_revised']['base']} (base) -> {report['mean_f1_vs_revised']['dpo']} (adapter)",
+        markup=False,
+    )
+    if json_out:
+        _write_json(json_out, report)
+
+
+@eval_app.command("runs")
+def eval_runs(
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only runs on this collection.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N runs.")] = 20,
+) -> None:
+    """Stored `eval qa` runs, newest first: questions, models and headline metrics."""
+    from citeloop.db import session_scope
+    from eval.runs import list_runs
+
+    with session_scope() as session:
+        runs = list_runs(session, {collection} if collection else None, limit)
+    table = Table("run", "when", "collection", "questions", "generator", "answer_f1", "citation_precision", "decline_rate_answerable")
+    for run in runs:
+        m = run.metrics
+        table.add_row(
+            run.id, run.created_at.strftime("%Y-%m-%d %H:%M"), run.collection, f"{Path(run.questions).name} ({m.get('n')})",
+            str(run.models.get("generator", "-")), _figure(m.get("answer_f1")), _figure(m.get("citation_precision")), _figure(m.get("decline_rate_answerable")),
+        )
+    console.print(table)
+
+
+@eval_app.command("compare")
+@reports_errors()
+def eval_compare(
+    run_a: Annotated[str, typer.Argument(help="The run compared against (e.g. the base model's).")],
+    run_b: Annotated[str, typer.Argument(help="The run compared (e.g. the candidate's).")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the comparison here.")] = None,
+) -> None:
+    """B against A: each metric's difference, with a paired bootstrap 95% interval over the questions both runs
+    answered where the metric has a value per question, and the questions whose answer F1 moved most."""
+    from citeloop.db import session_scope
+    from eval.runs import compare_runs, get_run
+
+    with session_scope() as session:
+        comparison = compare_runs(get_run(session, run_a), get_run(session, run_b))
+    if not comparison["same_questions"]:
+        console.print(f"[yellow]the runs answered different question sets: {comparison['shared_questions']} questions in common[/]")
+    table = Table("metric", run_a, run_b, "B - A", "paired 95% CI (questions)")
+    for name, m in comparison["metrics"].items():
+        ci = f"{m['ci95'][0]:+.4f} .. {m['ci95'][1]:+.4f} ({m['paired_questions']})" if "ci95" in m else "-"
+        table.add_row(name, _figure(m["a"]), _figure(m["b"]), f"{m['difference']:+.4f}", ci)
+    console.print(table)
+    for q in comparison["changed_most"]:
+        console.print(f"{q['id']}: answer F1 {q['answer_f1']['a']} -> {q['answer_f1']['b']}: {q['question']}", markup=False)
+    if json_out:
+        _write_json(json_out, comparison)

@@ -1,5 +1,5 @@
-"""ExpertQA (Malaviya et al., 2024) as real human preferences for the reward model: experts revised the answers
-systems gave to their questions and rated each answer's usefulness.
+"""ExpertQA (Malaviya et al., 2024) as real human preferences: experts revised the answers systems gave to their
+questions (citing numbered web evidence) and rated each answer's usefulness.
 
 Ratings: a revised answer is preferred (1); the original is preferred when the expert left it as it was (whitespace
 aside) and not preferred (0) when they changed it. Answers are compared with their whitespace collapsed (revisions
@@ -7,21 +7,41 @@ put each claim on its own line: a model must not learn line breaks). Questions a
 reward model trains on the rest and is scored on the held-out questions: pair accuracy (the revision scored above
 the original it revises), with its paired bootstrap interval against chance, and how well its score of the original
 answers ranks those the experts found useful above the others (ROC AUC).
+
+DPO: each answer's prompt is the serving prompt over the evidence passages it cited, numbered as it cites them
+(each shown as its sentences closest to the question, as serving shows compact evidence), so the [n] of the
+revised (chosen) and original (rejected) answers point at the sources shown (a number cited with a URL only, no
+passage, is not shown). A LoRA adapter trained on the pairs of
+the training questions is converted and served by llama.cpp like a generator job's; base and adapter answer the
+held-out questions greedily, and the adapter's win rate over the base is counted per question (a tie: half a win)
+by the reward model trained on the same training questions, and by token F1 against the experts' revised answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
+import re
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from citeloop.config import get_settings
+from citeloop.config import Settings, get_settings
 from feedback.examples import is_holdout, query_key
-from feedback.trainset import RatedAnswer
+from feedback.trainset import PairRow, RatedAnswer
 
 FILES = ("rand_val.jsonl", "domain_val.jsonl")  # the released long-form QA validation splits (overlapping questions)
 USEFUL = "Useful"
+# A claim's evidence: "[n] URL", then (for the retrieve-and-read systems) the passage, after a blank line.
+EVIDENCE = re.compile(r"\[(\d+)\]\s*(\S+)\s*(.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    n: int  # the number the answer cites it by
+    url: str
+    passage: str
 
 
 @dataclass(frozen=True)
@@ -31,6 +51,7 @@ class ExpertAnswer:
     original: str
     revised: str
     usefulness: str  # Useful | Partially useful | Not useful at all
+    evidence: tuple[Evidence, ...] = ()  # the cited passages, by number (URL-only evidence left out)
 
     @property
     def revised_differs(self) -> bool:
@@ -39,6 +60,17 @@ class ExpertAnswer:
 
 def _collapsed(text: str) -> str:
     return " ".join(text.split())
+
+
+def _evidence(claims: list[dict]) -> tuple[Evidence, ...]:
+    found: dict[int, Evidence] = {}
+    for claim in claims:
+        for text in claim.get("evidence") or ():
+            match = EVIDENCE.match(text.strip())
+            passage = _collapsed(match.group(3)) if match else ""
+            if passage:
+                found.setdefault(int(match.group(1)), Evidence(int(match.group(1)), match.group(2), passage))
+    return tuple(found[n] for n in sorted(found))
 
 
 def read_expertqa(directory: Path, files: Iterable[str] = FILES) -> list[ExpertAnswer]:
@@ -58,6 +90,7 @@ def read_expertqa(directory: Path, files: Iterable[str] = FILES) -> list[ExpertA
                     found.setdefault((row["question"], system), ExpertAnswer(
                         row["question"], system, _collapsed(answer["answer_string"]),
                         _collapsed(answer["revised_answer_string"] or answer["answer_string"]), answer["usefulness"],
+                        _evidence(answer.get("claims") or []),
                     ))
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 raise ValueError(f"{path}:{number}: not an ExpertQA row ({type(exc).__name__}: {exc})") from None
@@ -74,38 +107,169 @@ def ratings(answers: Iterable[ExpertAnswer]) -> list[RatedAnswer]:
     return out
 
 
-def run_expertqa_reward(directory: Path, holdout: float = 0.3, args=None, files: Iterable[str] = FILES) -> dict:
-    """Train a reward model on the ratings of the questions outside the held-out share; score it on the rest."""
-    import tempfile
-
-    from sklearn.metrics import roc_auc_score
-
-    from feedback.reward import CHANCE, RewardModel, RewardTrainingArgs, item_scores, reward_gate_decision, train_reward_model
-
-    args = args or RewardTrainingArgs()
-    answers = read_expertqa(directory, files)
+def split_questions(answers: list[ExpertAnswer], holdout: float) -> tuple[list[ExpertAnswer], list[ExpertAnswer]]:
+    """(training answers, held-out answers): a question's share decided by its key, as feedback's held-out share."""
     held = [a for a in answers if is_holdout(query_key(a.question), holdout)]
     train = [a for a in answers if not is_holdout(query_key(a.question), holdout)]
     if not held or not train:
         raise ValueError(f"holdout {holdout} leaves {len(train)} questions to train on and {len(held)} to test on: both need some")
+    return train, held
+
+
+def reward_accuracy(model, held: list[ExpertAnswer]) -> dict:
+    """The reward model on the held-out answers: how often it scores a revision above the original it revises
+    (with its paired bootstrap interval against chance), and how well it ranks useful originals first."""
+    from sklearn.metrics import roc_auc_score
+
+    from feedback.reward import CHANCE, item_scores, reward_gate_decision
+
+    pairs = [(a.question, a.revised, a.original) for a in held if a.revised_differs]
+    items = item_scores(model.score, [], pairs)
+    decision = reward_gate_decision(items, {k: CHANCE for k in items}, [], "chance", get_settings())
+    originals = model.score([(a.question, a.original) for a in held])
+    useful = [int(a.usefulness == USEFUL) for a in held]
+    return {
+        "held_out_pairs": len(pairs),
+        "pair_accuracy": decision.candidate["pair_accuracy"],
+        "pair_accuracy_ci95": [round(CHANCE + decision.ci_low, 4), round(CHANCE + decision.ci_high, 4)] if decision.ci_low is not None else None,
+        "usefulness_auc": round(float(roc_auc_score(useful, originals)), 4) if 0 < sum(useful) < len(useful) else None,
+        "useful_originals": sum(useful),
+        "other_originals": len(useful) - sum(useful),
+    }
+
+
+def run_expertqa_reward(directory: Path, holdout: float = 0.3, args=None, files: Iterable[str] = FILES) -> dict:
+    """Train a reward model on the ratings of the questions outside the held-out share; score it on the rest."""
+    from feedback.reward import RewardModel, RewardTrainingArgs, train_reward_model
+
+    args = args or RewardTrainingArgs()
+    train, held = split_questions(read_expertqa(directory, files), holdout)
     with tempfile.TemporaryDirectory(prefix="citeloop-expertqa-") as out:
         figures = train_reward_model(ratings(train), Path(out), args)
-        model = RewardModel(Path(out))
-        pairs = [(a.question, a.revised, a.original) for a in held if a.revised_differs]
-        items = item_scores(model.score, [], pairs)
-        decision = reward_gate_decision(items, {k: CHANCE for k in items}, [], "chance", get_settings())
-        originals = model.score([(a.question, a.original) for a in held])
-    useful = [int(a.usefulness == USEFUL) for a in held]
+        accuracy = reward_accuracy(RewardModel(Path(out)), held)
     return {
         "data": str(directory),
         "questions": {"train": len({a.question for a in train}), "held_out": len({a.question for a in held})},
         "train_ratings": figures["ratings"],
         "train_seconds": figures["train_seconds"],
         "args": args.as_params(),
-        "held_out_pairs": len(pairs),
-        "pair_accuracy": decision.candidate["pair_accuracy"],
-        "pair_accuracy_ci95": [round(CHANCE + decision.ci_low, 4), round(CHANCE + decision.ci_high, 4)] if items else None,
-        "usefulness_auc": round(float(roc_auc_score(useful, originals)), 4) if 0 < sum(useful) < len(useful) else None,
-        "useful_originals": sum(useful),
-        "other_originals": len(useful) - sum(useful),
+    } | accuracy
+
+
+def answer_messages(answer: ExpertAnswer, closest_sentences, evidence_sentences: int) -> list[dict[str, str]]:
+    """The serving prompt over the answer's cited passages, numbered as it cites them; `evidence_sentences` > 0:
+    each passage shown as its sentences closest to the question (`closest_sentences`: SpanEncoder's)."""
+    from generation.citations import Source
+    from generation.prompt import build_messages, with_excerpts
+
+    # A source's id keys SpanEncoder's sentence cache: it must name the passage itself, not its number.
+    sources = [Source(e.n, hashlib.sha256(e.passage.encode()).hexdigest()[:16], e.url, "", e.passage) for e in answer.evidence]
+    if evidence_sentences:
+        sources = with_excerpts(sources, closest_sentences(answer.question, sources, evidence_sentences))
+    return build_messages(answer.question, sources)
+
+
+def preference_pairs(answers: Iterable[ExpertAnswer], messages_of: Callable[[ExpertAnswer], list[dict[str, str]]]) -> list[PairRow]:
+    """The revised answer chosen over the original, for each answer the expert changed."""
+    from generation.prompt import PROMPT_FORMAT
+
+    return [
+        PairRow(
+            query_key(a.question), a.question, tuple((m["role"], m["content"]) for m in messages_of(a)), PROMPT_FORMAT,
+            a.revised, a.original, "correction", 1.0, f"expertqa:{a.system}", (),
+        )
+        for a in answers
+        if a.revised_differs
+    ]
+
+
+def win_rate(candidate: list[float], baseline: list[float]) -> dict:
+    """Per question a win (1), a tie (0.5) or a loss (0) of candidate over baseline; the mean with its paired
+    bootstrap 95% interval."""
+    from citeloop.registry import paired_bootstrap
+
+    outcomes = {str(i): 1.0 if c > b else 0.5 if c == b else 0.0 for i, (c, b) in enumerate(zip(candidate, baseline, strict=True))}
+    gain, low, high = paired_bootstrap(outcomes, {i: 0.5 for i in outcomes})
+    return {
+        "rate": round(0.5 + gain, 4),
+        "ci95": [round(0.5 + low, 4), round(0.5 + high, 4)],
+        "wins": sum(o == 1.0 for o in outcomes.values()),
+        "ties": sum(o == 0.5 for o in outcomes.values()),
+        "losses": sum(o == 0.0 for o in outcomes.values()),
+    }
+
+
+def run_expertqa_dpo(
+    directory: Path,
+    holdout: float = 0.3,
+    generator: str = "smollm2-135m",
+    dpo_args=None,
+    reward_args=None,
+    evidence_sentences: int = 2,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    settings: Settings | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    files: Iterable[str] = FILES,
+) -> dict:
+    """Train a reward model and a DPO adapter of `generator` on the training questions' answers; answer `limit`
+    held-out questions with the base and with the served adapter; the adapter's win rates over the base."""
+    from feedback.reward import RewardModel, RewardTrainingArgs, train_reward_model
+    from feedback.train_generator import GeneratorTrainingArgs, adapter_to_gguf, train_adapter
+    from generation.citations import SpanEncoder
+    from generation.engines import ADAPTER_GGUF, LlamaCppGenerator, SamplingParams
+    from generation.models import resolve_generator, safetensors_cache
+    from generation.prompt import declined
+    from eval.qa import strip_markers, token_f1
+    from retrieval.embedder import load_embedder
+
+    settings = settings or get_settings()
+    dpo_args, reward_args = dpo_args or GeneratorTrainingArgs(), reward_args or RewardTrainingArgs()
+    train, held_out = split_questions(read_expertqa(directory, files), holdout)
+    held = held_out[:limit] if limit else held_out
+    spans = SpanEncoder(load_embedder(settings).embed)
+    messages_of = lambda answer: answer_messages(answer, spans.closest_sentences, evidence_sentences)  # noqa: E731
+    pairs = preference_pairs(train, messages_of)
+    if not pairs:
+        raise ValueError(f"{directory}: no training answer was revised by its expert: no preference pair to train on")
+    weights = resolve_generator(generator, settings)
+    base = safetensors_cache(weights, settings)
+    params = SamplingParams(max_new_tokens, 0.0, 1.0, dpo_args.seed, settings.generation_timeout_s)
+    with tempfile.TemporaryDirectory(prefix="citeloop-expertqa-dpo-") as scratch:
+        out = Path(scratch)
+        log(f"reward model on {len(train)} training answers")
+        reward_figures = train_reward_model(ratings(train), out / "reward", reward_args)
+        reward = RewardModel(out / "reward")
+        log(f"DPO of a LoRA adapter on {weights.name}: {len(pairs)} pairs")
+        dpo_figures = train_adapter(pairs, base, out / "peft", dpo_args)
+        adapter_to_gguf(out / "peft", base, out / ADAPTER_GGUF)
+        answers: dict[str, list[str]] = {}
+        for label, adapter in (("base", None), ("dpo", out / ADAPTER_GGUF)):
+            log(f"{label}: answering {len(held)} held-out questions")
+            engine = LlamaCppGenerator(weights, settings, adapter)  # not the loaded-generator cache: the adapter file is temporary
+            answers[label] = [_collapsed("".join(engine.stream(messages_of(a), params))) for a in held]
+            del engine
+        rewards = {label: reward.score([(a.question, text) for a, text in zip(held, texts)]) for label, texts in answers.items()}
+        accuracy = reward_accuracy(reward, held_out)
+    f1 = {label: [token_f1(strip_markers(text), strip_markers(a.revised)) for a, text in zip(held, texts)] for label, texts in answers.items()}
+    mean = lambda values: round(sum(values) / len(values), 4)  # noqa: E731
+    return {
+        "data": str(directory),
+        "generator": weights.name,
+        "questions": {"train": len({a.question for a in train}), "held_out": len({a.question for a in held_out}), "answered": len(held)},
+        "train_pairs": len(pairs),
+        "evidence_sentences": evidence_sentences,
+        "max_new_tokens": max_new_tokens,
+        "dpo": {"args": dpo_args.as_params()} | dpo_figures,
+        "reward": {"args": reward_args.as_params(), "train_ratings": reward_figures["ratings"], "train_seconds": reward_figures["train_seconds"]} | accuracy,
+        "win_rate_by_reward": win_rate(rewards["dpo"], rewards["base"]),
+        "win_rate_by_f1": win_rate(f1["dpo"], f1["base"]),
+        "mean_f1_vs_revised": {label: mean(values) for label, values in f1.items()},
+        "mean_reward": {label: mean(values) for label, values in rewards.items()},
+        "declined": {label: sum(map(declined, texts)) for label, texts in answers.items()},
+        "identical_answers": sum(a == b for a, b in zip(answers["base"], answers["dpo"])),
+        "examples": [
+            {"question": a.question, "revised": a.revised, "base": b, "dpo": d}
+            for a, b, d in list(zip(held, answers["base"], answers["dpo"]))[:3]
+        ],
     }

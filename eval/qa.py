@@ -1,5 +1,6 @@
 """Answer evaluation on ragas-style question rows:
-`{"id", "user_input", "reference"?, "reference_answers"?: [...], "reference_doc_ids"?: [...], "shape"?, "split"?}`.
+`{"id", "user_input", "reference"?, "reference_answers"?: [...], "reference_doc_ids"?: [...], "reference_contexts"?: [...],
+"shape"?, "split"?}`.
 
 A row with neither `reference` nor `reference_answers` is an unanswerable question: the right answer is a
 refusal, and it counts towards `refusal_rate_unanswerable` only; an answerable question that is refused counts
@@ -32,6 +33,7 @@ class QuestionRow:
     references: list[str] = field(default_factory=list)
     doc_ids: list[str] = field(default_factory=list)
     shape: str | None = None
+    reference_contexts: list[str] = field(default_factory=list)  # passages that hold the answer (ragas' column)
 
     @property
     def answerable(self) -> bool:
@@ -55,6 +57,9 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
         references = raw.get("reference_answers") or ([raw["reference"]] if raw.get("reference") else [])
         if not all(isinstance(r, str) for r in references):
             raise QuestionsFormatError(f"{path}:{lineno}: 'reference_answers' must be a list of strings")
+        contexts = raw.get("reference_contexts") or []
+        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+            raise QuestionsFormatError(f"{path}:{lineno}: 'reference_contexts' must be a list of strings")
         rows.append(
             QuestionRow(
                 str(raw.get("id", lineno)),
@@ -62,6 +67,7 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
                 list(references),
                 [str(d) for d in raw.get("reference_doc_ids") or []],
                 str(raw["shape"]) if raw.get("shape") else None,
+                contexts,
             )
         )
         if limit and len(rows) == limit:
@@ -115,6 +121,10 @@ class ScoredRow:
     shape: str | None = None
     extractive: bool = False  # answered with a quoted source sentence
     error: str | None = None
+    references: list[str] = field(default_factory=list)
+    reference_contexts: list[str] = field(default_factory=list)
+    retrieved_contexts: list[str] = field(default_factory=list)  # the sources' texts, in prompt order
+    models: dict = field(default_factory=dict)  # the embedder, reranker and generator that answered
 
 
 def score_row(row: QuestionRow, answer: Answer) -> ScoredRow:
@@ -135,6 +145,10 @@ def score_row(row: QuestionRow, answer: Answer) -> ScoredRow:
         latency_ms=answer.timings_ms.get("total", 0.0),
         first_token_ms=answer.timings_ms.get("first_token"),
         shape=row.shape,
+        references=row.references,
+        reference_contexts=row.reference_contexts,
+        retrieved_contexts=[c.text for c in answer.contexts],
+        models=dict(answer.models),
     )
 
 
@@ -183,10 +197,14 @@ def evaluate_qa(
         try:
             result = score_row(row, answer(row.question))
         except GenerationError as exc:
-            result = ScoredRow(row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, row.shape, error=str(exc))
+            result = ScoredRow(
+                row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, row.shape,
+                error=str(exc), references=row.references, reference_contexts=row.reference_contexts,
+            )
         scored.append(result)
         if on_row:
             on_row(result)
     shapes = sorted({r.shape for r in scored if r.shape})
     by_shape = {shape: summarize([r for r in scored if r.shape == shape]) for shape in shapes}
-    return {"metrics": summarize(scored), "by_shape": by_shape, "rows": [asdict(r) for r in scored]}
+    models = next((r.models for r in scored if r.models), {})
+    return {"metrics": summarize(scored), "by_shape": by_shape, "models": models, "rows": [asdict(r) for r in scored]}

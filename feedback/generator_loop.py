@@ -58,6 +58,15 @@ def gate_questions(eval_pairs: list[PairRow], doc_ids_of: dict[str, list[str]]) 
     return [row for row in rows.values() if row.references or row.id in refused]
 
 
+def question_events(eval_pairs: list[PairRow], questions: list[QuestionRow]) -> dict[str, list[str]]:
+    """Per gate question, the feedback events its held-out pairs came from (erasure drops the question)."""
+    events: dict[str, set[str]] = {q.id: set() for q in questions}
+    for pair in eval_pairs:
+        if pair.query_id in events:
+            events[pair.query_id].update(pair.event_ids)
+    return {q: sorted(e) for q, e in events.items()}
+
+
 def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settings: Settings) -> GateDecision:
     """Candidate and baseline are `evaluate_qa` results on the same questions."""
     mine, theirs = candidate["metrics"], baseline["metrics"]
@@ -228,7 +237,11 @@ def train_generator_from_feedback(
             params=args.as_params() | {
                 "base": {"name": weights.name, "digest": weights.digest},
                 "prompt_format": PROMPT_FORMAT,
-                "eval": {"questions": [asdict(q) for q in questions], "snapshot": snapshot.id, "counts": snapshot.counts, "dropped": snapshot.dropped},
+                "eval": {
+                    "questions": [asdict(q) for q in questions],
+                    "question_events": question_events(pairs.eval_rows, questions),
+                    "snapshot": snapshot.id, "counts": snapshot.counts, "dropped": snapshot.dropped,
+                },
             },
             metrics=figures, parent_id=parent.id if parent else None, settings=settings,
         )

@@ -423,4 +423,16 @@ def erase_from_snapshots(session: Session, collection_id: int, event_ids: set[st
         if len(ratings) < len(held.get("ratings", ())) or len(pairs) < len(held.get("pairs", ())):
             version.params = {**version.params, "eval": held | {"ratings": ratings, "pairs": pairs}}
             version.data_erased_at = version.data_erased_at or utcnow()
+    # A generator's gate keeps its held-out questions (references from curators' answers) in the version itself.
+    for version in session.scalars(select(ModelVersion).where(ModelVersion.collection_id == collection_id, ModelVersion.kind == "generator")):
+        held = dict((version.params or {}).get("eval") or {})
+        if "question_events" not in held:  # a version from before they were kept: any of its questions may be the erased
+            held["question_events"] = {q["id"]: sorted(event_ids) for q in held.get("questions", ())}
+        events = held["question_events"]
+        erased = {q for q, ids in events.items() if event_ids.intersection(ids)}
+        if erased:
+            questions = [q for q in held.get("questions", ()) if q["id"] not in erased]
+            kept_events = {q: ids for q, ids in events.items() if q not in erased}
+            version.params = {**version.params, "eval": held | {"questions": questions, "question_events": kept_events}}
+            version.data_erased_at = version.data_erased_at or utcnow()
     return removed

@@ -176,3 +176,19 @@ def test_a_generator_job_with_samples_needs_a_reward_model_and_pairs_its_ranking
     eligible = sum(not is_holdout(query_key(q), settings.eval_holdout) for q in questions)
     judged = len(sampled) + pairs.dropped.get("sampled_without_a_margin", 0) + pairs.dropped.get("sampled_not_verified", 0)
     assert judged >= eligible > 0
+
+
+def test_erasing_a_curator_removes_the_gate_questions_their_corrections_made(site):
+    from citeloop.db import session_scope
+    from citeloop.keys import Principal
+    from feedback.store import erase_actor
+
+    settings, _, _ = site
+    candidate = next(v for v in list_versions(settings, "releases", "generator") if v.params["eval"]["questions"])
+    assert set(candidate.params["eval"]["question_events"]) == {q["id"] for q in candidate.params["eval"]["questions"]}
+    with session_scope(settings) as session:
+        erase_actor(session, "curator", Principal("admin", "admin", ("*",)))
+    erased = get_version(candidate.id, settings)
+    # The gate questions' references were the curator's corrections: none is left to gate on.
+    assert erased.params["eval"]["questions"] == [] and erased.params["eval"]["question_events"] == {}
+    assert erased.data_erased_at is not None

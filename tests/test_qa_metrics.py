@@ -75,7 +75,7 @@ def test_split_and_shape_select_and_group_rows(tmp_path):
 
     class Refusal:  # the shape of an Answer that declined, without contexts
         answer, abstained, abstain_reason, draft, extractive, citations, contexts = "I don't know.", True, "model_declined", "", False, [], []
-        timings_ms = {"total": 5.0}
+        timings_ms, models = {"total": 5.0}, {"generator": "g@1"}
 
     report = evaluate_qa(heldout, lambda _question: Refusal())
     assert set(report["by_shape"]) == {"factoid", "procedural", "unanswerable"}
@@ -83,3 +83,4 @@ def test_split_and_shape_select_and_group_rows(tmp_path):
     assert report["by_shape"]["unanswerable"]["refusal_rate_unanswerable"] == 1.0
     assert report["by_shape"]["unanswerable"]["decline_rate_answerable"] is None
     assert report["metrics"]["answerable"] == 2 and report["metrics"]["unanswerable"] == 1
+    assert report["models"] == {"generator": "g@1"}

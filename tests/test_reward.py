@@ -162,34 +162,6 @@ def load_snapshot_kind(settings, snapshot_id: str) -> str:
         return load_snapshot(session, snapshot_id).kind
 
 
-def test_expertqa_revisions_rate_answers_and_bad_files_are_named(tmp_path):
-    import json
-
-    from eval.expertqa import read_expertqa, ratings
-
-    def row(question, original, revised, usefulness="Useful"):
-        answer = {"answer_string": original, "revised_answer_string": revised, "usefulness": usefulness}
-        return json.dumps({"question": question, "answers": {"gpt4": answer}})
-
-    (tmp_path / "rand_val.jsonl").write_text(
-        row("What is a guild?", "A guild is an association [1].", "A guild is an\nassociation [1].")  # only re-wrapped
-        + "\n" + row("What is a bond?", "A bond is a stock [2].", "A bond is a loan [2].", "Partially useful") + "\n"
-    )
-    (tmp_path / "domain_val.jsonl").write_text(row("What is a bond?", "A bond is a stock [2].", "A bond is a loan [2].") + "\n")
-    answers = read_expertqa(tmp_path)
-    assert len(answers) == 2  # the splits overlap: one answer per (question, system)
-    assert {(r.query, r.answer, r.label) for r in ratings(answers)} == {
-        ("What is a guild?", "A guild is an association [1].", 1),
-        ("What is a bond?", "A bond is a loan [2].", 1),
-        ("What is a bond?", "A bond is a stock [2].", 0),
-    }
-    (tmp_path / "domain_val.jsonl").write_text(row("Q?", "a", "b") + "\n" + '{"question": "no answers"}\n')
-    with pytest.raises(ValueError, match=r"domain_val.jsonl:2: not an ExpertQA row \(KeyError"):
-        read_expertqa(tmp_path)
-    with pytest.raises(ValueError, match="rand_val.jsonl: no such file"):
-        read_expertqa(tmp_path / "missing")
-
-
 def test_answers_sampled_from_logged_prompts_pair_the_reward_models_best_over_its_worst(site, reward_model):
     from citeloop.db import session_scope
     from citeloop.keys import Principal, create_key, set_key_training_opt_out

@@ -1,0 +1,135 @@
+"""Every `eval qa` run, kept: which questions (file and digest), which models, which settings, and its metrics and
+rows; `compare_runs` sets two runs side by side.
+
+A comparison pairs the runs' rows by question id. Each metric that is the mean of a value per row (answer F1,
+whether the answer contains the reference, each ragas metric) gets the mean per-question difference B - A with its
+paired bootstrap 95% interval over the questions both runs scored; the others (citation precision, the decline and
+refusal rates, latency percentiles, counts) get their difference alone. The questions whose answer F1 moved most are listed with both
+answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from citeloop.db import Collection, EvalRun, get_collection
+from citeloop.errors import NotFoundError
+from eval.qa import QuestionRow
+
+# Row fields that are per-question values of a summary metric (the summary's name -> the row's field).
+ROW_METRICS = {"answer_f1": "answer_f1", "answer_contains_reference": "contains_reference"}
+CHANGED_QUESTIONS = 5
+
+
+@dataclass(frozen=True)
+class EvalRunInfo:
+    id: str
+    collection: str
+    questions: str
+    questions_sha256: str
+    models: dict
+    config: dict
+    metrics: dict
+    failures: dict  # ragas metric -> rows it failed on
+    rows: list[dict]
+    created_by: str
+    created_at: datetime
+
+
+def questions_sha256(rows: list[QuestionRow]) -> str:
+    """Digest of what was asked and what counts as right: two runs with the same one answered the same set."""
+    payload = [[r.id, r.question, r.references, r.doc_ids, r.reference_contexts, r.shape] for r in rows]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def save_run(session: Session, collection: str, questions: str, rows: list[QuestionRow], report: dict, config: dict, created_by: str) -> EvalRunInfo:
+    record = EvalRun(
+        id=f"run-{uuid.uuid4().hex[:12]}", collection_id=get_collection(session, collection).id, questions=questions,
+        questions_sha256=questions_sha256(rows), models=report.get("models") or {}, config=config,
+        metrics=report["metrics"], failures=report.get("failures") or {}, rows=report["rows"], created_by=created_by,
+    )
+    session.add(record)
+    session.flush()
+    return _info(record, collection)
+
+
+def _info(record: EvalRun, collection: str, with_rows: bool = True) -> EvalRunInfo:
+    return EvalRunInfo(
+        record.id, collection, record.questions, record.questions_sha256, record.models, record.config, record.metrics,
+        record.failures, record.rows if with_rows else [], record.created_by, record.created_at,
+    )
+
+
+def list_runs(session: Session, collections: set[str] | None = None, limit: int = 50) -> list[EvalRunInfo]:
+    """The newest runs first, without their rows; `collections`: only runs on these."""
+    from sqlalchemy.orm import defer
+
+    query = (
+        select(EvalRun, Collection.name).join(Collection, Collection.id == EvalRun.collection_id).options(defer(EvalRun.rows))
+        .order_by(EvalRun.created_at.desc()).limit(limit)
+    )
+    if collections is not None:
+        query = query.where(Collection.name.in_(collections))
+    return [_info(record, name, with_rows=False) for record, name in session.execute(query)]
+
+
+def get_run(session: Session, run_id: str) -> EvalRunInfo:
+    found = session.execute(select(EvalRun, Collection.name).join(Collection, Collection.id == EvalRun.collection_id).where(EvalRun.id == run_id)).first()
+    if found is None:
+        raise NotFoundError(f"no evaluation run '{run_id}'")
+    return _info(*found)
+
+
+def _row_value(row: dict, field: str) -> float | None:
+    value = row.get(field)
+    if row.get("error") or value is None or isinstance(value, (dict, list, str)):
+        return None
+    return float(value)
+
+
+def compare_runs(a: EvalRunInfo, b: EvalRunInfo) -> dict:
+    """B against A, per metric and per question (see the module's docstring)."""
+    from citeloop.registry import paired_bootstrap
+
+    rows_a, rows_b = ({r["id"]: r for r in run.rows} for run in (a, b))
+    shared = sorted(set(rows_a) & set(rows_b))
+    metrics = {}
+    for name in sorted(set(a.metrics) & set(b.metrics)):
+        va, vb = a.metrics[name], b.metrics[name]
+        if not isinstance(va, (int, float)) or not isinstance(vb, (int, float)) or isinstance(va, bool):
+            continue
+        entry = {"a": va, "b": vb, "difference": round(vb - va, 4)}
+        field = ROW_METRICS.get(name, name if name in a.failures and name in b.failures else None)  # ragas' are per row
+        per_a = {q: _row_value(rows_a[q], field) for q in shared} if field else {}
+        per_b = {q: _row_value(rows_b[q], field) for q in shared} if field else {}
+        paired = [q for q in per_a if per_a[q] is not None and per_b[q] is not None]
+        if paired:
+            mean, low, high = paired_bootstrap({q: per_b[q] for q in paired}, {q: per_a[q] for q in paired})
+            entry |= {"paired_questions": len(paired), "mean_paired_difference": round(mean, 4), "ci95": [round(low, 4), round(high, 4)]}
+        metrics[name] = entry
+    moved = sorted(
+        (q for q in shared if _row_value(rows_a[q], "answer_f1") is not None and _row_value(rows_b[q], "answer_f1") is not None),
+        key=lambda q: -abs(rows_b[q]["answer_f1"] - rows_a[q]["answer_f1"]),
+    )
+    return {
+        "a": {"id": a.id, "models": a.models, "questions_sha256": a.questions_sha256},
+        "b": {"id": b.id, "models": b.models, "questions_sha256": b.questions_sha256},
+        "same_questions": a.questions_sha256 == b.questions_sha256,
+        "shared_questions": len(shared),
+        "metrics": metrics,
+        "changed_most": [
+            {
+                "id": q, "question": rows_a[q]["question"], "answer_f1": {"a": rows_a[q]["answer_f1"], "b": rows_b[q]["answer_f1"]},
+                "answer": {"a": rows_a[q]["answer"], "b": rows_b[q]["answer"]},
+            }
+            for q in moved[:CHANGED_QUESTIONS]
+            if rows_a[q]["answer_f1"] != rows_b[q]["answer_f1"]
+        ],
+    }

@@ -1,0 +1,101 @@
+"""ExpertQA as real human preferences: the reader (answers, revisions, the cited evidence passages), ratings for
+the reward model, preference pairs over the serving prompt of the cited passages, and `eval dpo` end to end
+(a real reward model, DPO of a SmolLM2 adapter, llama.cpp serving it) on a small made-up split."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from eval.expertqa import answer_messages, preference_pairs, ratings, read_expertqa, split_questions, win_rate
+from tests.conftest import REPO
+
+
+def row(question, original, revised, usefulness="Useful", evidence=()):
+    claims = [{"claim_string": original, "evidence": list(evidence)}]
+    answer = {"answer_string": original, "revised_answer_string": revised, "usefulness": usefulness, "claims": claims}
+    return json.dumps({"question": question, "answers": {"gpt4": answer}})
+
+
+def test_expertqa_revisions_rate_answers_and_bad_files_are_named(tmp_path):
+    (tmp_path / "rand_val.jsonl").write_text(
+        row("What is a guild?", "A guild is an association [1].", "A guild is an\nassociation [1].")  # only re-wrapped
+        + "\n" + row("What is a bond?", "A bond is a stock [2].", "A bond is a loan [2].", "Partially useful") + "\n"
+    )
+    (tmp_path / "domain_val.jsonl").write_text(row("What is a bond?", "A bond is a stock [2].", "A bond is a loan [2].") + "\n")
+    answers = read_expertqa(tmp_path)
+    assert len(answers) == 2  # the splits overlap: one answer per (question, system)
+    assert {(r.query, r.answer, r.label) for r in ratings(answers)} == {
+        ("What is a guild?", "A guild is an association [1].", 1),
+        ("What is a bond?", "A bond is a loan [2].", 1),
+        ("What is a bond?", "A bond is a stock [2].", 0),
+    }
+    (tmp_path / "domain_val.jsonl").write_text(row("Q?", "a", "b") + "\n" + '{"question": "no answers"}\n')
+    with pytest.raises(ValueError, match=r"domain_val.jsonl:2: not an ExpertQA row \(KeyError"):
+        read_expertqa(tmp_path)
+    with pytest.raises(ValueError, match="rand_val.jsonl: no such file"):
+        read_expertqa(tmp_path / "missing")
+    with pytest.raises(ValueError, match="both need some"):  # one question is on one side of any split
+        split_questions(answers[:1], 0.5)
+
+
+def test_pairs_prompt_the_cited_passages_numbered_as_the_answer_cites_them(tmp_path):
+    evidence = [
+        "[2] https://example.org/bonds\n\nBonds and loans. A bond is a loan to an issuer. It pays a coupon.",
+        "[1] https://example.org/url-only",  # no passage: not a source
+        "[2] https://example.org/bonds\n\nanother passage under the same number is not a second source",
+    ]
+    (tmp_path / "rand_val.jsonl").write_text(row("What is a bond?", "A bond is a stock [2].", "A bond is a loan [2].", evidence=evidence) + "\n")
+    (tmp_path / "domain_val.jsonl").write_text(row("What is a guild?", "A guild is a club.", "A guild is a club.") + "\n")
+    bond, guild = read_expertqa(tmp_path)
+    assert [(e.n, e.url) for e in bond.evidence] == [(2, "https://example.org/bonds")] and guild.evidence == ()
+
+    closest = lambda question, sources, keep: {s.n: [(s.text.index("A bond"), s.text.index(" It pays"))] for s in sources}  # noqa: E731
+    messages = answer_messages(bond, closest, evidence_sentences=1)
+    assert "[2] A bond is a loan to an issuer." in messages[1]["content"] and "coupon" not in messages[1]["content"]
+    assert messages[1]["content"].endswith("Question: What is a bond?")
+    assert "coupon" in answer_messages(bond, closest, evidence_sentences=0)[1]["content"]  # the whole passage
+
+    pairs = preference_pairs([bond, guild], lambda a: answer_messages(a, closest, 1))
+    assert [(p.chosen, p.rejected, p.messages) for p in pairs] == [("A bond is a loan [2].", "A bond is a stock [2].", messages)]
+
+
+def test_win_rate_counts_ties_as_half_a_win():
+    report = win_rate([0.9, 0.2, 0.5, 0.7], [0.1, 0.3, 0.5, 0.6])
+    assert (report["wins"], report["ties"], report["losses"]) == (2, 1, 1)
+    assert report["rate"] == 0.625 and report["ci95"][0] <= 0.625 <= report["ci95"][1]
+
+
+@pytest.mark.slow
+def test_eval_dpo_trains_on_the_training_questions_and_answers_the_held_out_ones(tmp_path):
+    data = tmp_path / "expertqa"
+    data.mkdir()
+    rows = []
+    for i in range(12):
+        evidence = [f"[1] https://example.org/{i}\n\nRelease {i} of the parser reads configuration files in TOML. It was published in spring."]
+        rows.append(row(f"Which files does release {i} read?", f"Release {i} reads YAML [1].", f"Release {i} reads configuration files in TOML [1].", evidence=evidence))
+    (data / "rand_val.jsonl").write_text("\n".join(rows[:6]) + "\n")
+    (data / "domain_val.jsonl").write_text("\n".join(rows[6:]) + "\n")
+    train, held = split_questions(read_expertqa(data), 0.3)
+    out = tmp_path / "report.json"
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(tmp_path / "var"))
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "eval", "dpo", "--expertqa", str(data), "--holdout", "0.3", "--limit", "2",
+         "--max-new-tokens", "8", "--epochs", "1", "--learning-rate", "0.002", "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    answered = min(2, len(held))
+    assert report["train_pairs"] == len(train) and report["questions"] == {"train": len(train), "held_out": len(held), "answered": answered}
+    assert report["dpo"]["pairs"] == len(train) and report["dpo"]["steps"] >= 1 and report["reward"]["train_ratings"] == 2 * len(train)
+    for key in ("win_rate_by_reward", "win_rate_by_f1"):
+        outcome = report[key]
+        assert outcome["wins"] + outcome["ties"] + outcome["losses"] == answered and 0 <= outcome["rate"] <= 1
+    assert f"{answered} of {len(held)} held-out questions answered; reward model prefers the revision" in " ".join(done.stdout.split())
+    assert report["reward"]["held_out_pairs"] == len(held)  # scored on every held-out answer, not only those answered
+    assert len(report["examples"]) == answered and all(e["base"] and e["dpo"] for e in report["examples"])
