@@ -235,6 +235,7 @@ def run_expertqa_dpo(
     weights = resolve_generator(generator, settings)
     base = safetensors_cache(weights, settings)
     params = SamplingParams(max_new_tokens, 0.0, 1.0, dpo_args.seed, settings.generation_timeout_s)
+    held_prompts = [messages_of(a) for a in held]
     with tempfile.TemporaryDirectory(prefix="citeloop-expertqa-dpo-") as scratch:
         out = Path(scratch)
         log(f"reward model on {len(train)} training answers")
@@ -247,7 +248,7 @@ def run_expertqa_dpo(
         for label, adapter in (("base", None), ("dpo", out / ADAPTER_GGUF)):
             log(f"{label}: answering {len(held)} held-out questions")
             engine = LlamaCppGenerator(weights, settings, adapter)  # not the loaded-generator cache: the adapter file is temporary
-            answers[label] = [_collapsed("".join(engine.stream(messages_of(a), params))) for a in held]
+            answers[label] = [_collapsed("".join(engine.stream(messages, params))) for messages in held_prompts]
             del engine
         rewards = {label: reward.score([(a.question, text) for a, text in zip(held, texts)]) for label, texts in answers.items()}
         accuracy = reward_accuracy(reward, held_out)

@@ -67,21 +67,22 @@ def _info(record: EvalRun, collection: str, with_rows: bool = True) -> EvalRunIn
     )
 
 
+def _with_collection_names():
+    return select(EvalRun, Collection.name).join(Collection, Collection.id == EvalRun.collection_id)
+
+
 def list_runs(session: Session, collections: set[str] | None = None, limit: int = 50) -> list[EvalRunInfo]:
     """The newest runs first, without their rows; `collections`: only runs on these."""
     from sqlalchemy.orm import defer
 
-    query = (
-        select(EvalRun, Collection.name).join(Collection, Collection.id == EvalRun.collection_id).options(defer(EvalRun.rows))
-        .order_by(EvalRun.created_at.desc()).limit(limit)
-    )
+    query = _with_collection_names().options(defer(EvalRun.rows)).order_by(EvalRun.created_at.desc()).limit(limit)
     if collections is not None:
         query = query.where(Collection.name.in_(collections))
     return [_info(record, name, with_rows=False) for record, name in session.execute(query)]
 
 
 def get_run(session: Session, run_id: str) -> EvalRunInfo:
-    found = session.execute(select(EvalRun, Collection.name).join(Collection, Collection.id == EvalRun.collection_id).where(EvalRun.id == run_id)).first()
+    found = session.execute(_with_collection_names().where(EvalRun.id == run_id)).first()
     if found is None:
         raise NotFoundError(f"no evaluation run '{run_id}'")
     return _info(*found)
@@ -89,9 +90,7 @@ def get_run(session: Session, run_id: str) -> EvalRunInfo:
 
 def _row_value(row: dict, field: str) -> float | None:
     value = row.get(field)
-    if row.get("error") or value is None or isinstance(value, (dict, list, str)):
-        return None
-    return float(value)
+    return None if row.get("error") or value is None else float(value)
 
 
 def compare_runs(a: EvalRunInfo, b: EvalRunInfo) -> dict:
