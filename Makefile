@@ -27,9 +27,17 @@ LLAMA_CPU += $(if $(call cpu_has,avx512_bf16),-DGGML_AVX512_BF16=ON)
 LLAMA_CPU += $(if $(call cpu_has,avx_vnni),-DGGML_AVX_VNNI=ON)
 export CMAKE_ARGS := $(strip $(LLAMA_CPU))
 
+# Debian's chromium: the HTML report's test opens the page in it, as a person would (Playwright drives it).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
 .PHONY: install run ingest-demo serve test bench cmake-args clean
 
-install: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -q --no-install-recommends chromium || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,7 +1,8 @@
 """Evaluation commands: `eval qa` (answer quality), `eval retrieval` (ranking quality per stage), `eval
 feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator), `eval reward` (the
-reward model on experts' preferences), `eval dpo` (a DPO adapter trained on experts' preferences), and the history
-of `eval qa` runs: `eval runs`, `eval compare`."""
+reward model on experts' preferences), `eval dpo` (a DPO adapter trained on experts' preferences), `eval judge`
+(a ragas judge against experts' labels), and the history of `eval qa` runs: `eval runs`, `eval compare`, `eval
+report`."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _write_json(path: Path, report: dict) -> None:
 
 
 @eval_app.command("qa")
-@reports_errors(ValueError)
+@reports_errors(ValueError, RuntimeError)
 def eval_qa(
     questions: Annotated[Path, typer.Argument(help="JSONL rows {id, user_input, reference?, reference_answers?, reference_doc_ids?}.")],
     collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Answer from this collection.")] = None,
@@ -47,12 +48,19 @@ def eval_qa(
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N questions (e.g. tune on 0-99, report on 100-199).")] = 0,
     split: Annotated[Optional[str], typer.Option("--split", help="Only rows whose \"split\" field is this (e.g. dev, heldout).")] = None,
     ragas: Annotated[bool, typer.Option("--ragas", help="Also score the rows with ragas' metrics that need no judge (failures counted per metric).")] = False,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="Also ragas' LLM-judged metrics (implies --ragas): 'local' (a local GGUF generator in-process) or an OpenAI-compatible server's URL ending in /v1.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="The judge: a local generator's name or GGUF (default: the configured generator), or the server's model name (needed with a URL).")] = None,
+    judge_metrics: Annotated[str, typer.Option("--judge-metrics", help="Comma-separated judged metrics (default: all of faithfulness, answer_relevancy, llm_context_precision_with_reference, context_recall, factual_correctness).")] = "",
+    stages: Annotated[str, typer.Option("--stages", help="Also rank the questions with reference documents at these retrieval stages (comma-separated: bm25,dense,hybrid,rerank).")] = "",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-question rows here.")] = None,
+    report_out: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="A stored run the report compares against.")] = None,
 ) -> None:
     """Answer quality overall and per question shape: token F1, citation precision/recall, context recall, the
     decline rate on answerable and the refusal rate on unanswerable questions, latency; with --ragas, ragas'
     string- and id-based metrics too (rows without reference contexts take the chunks of their reference documents
-    that hold the reference answer)."""
+    that hold the reference answer); with --stages, nDCG@10, Recall@100 and MRR@10 of each retrieval stage on the
+    questions' reference documents. The run is stored (eval runs)."""
     from citeloop.progress import progress_bar
     from eval.qa import evaluate_qa, load_questions
     from eval.retrieval import ensure_eval_collection
@@ -60,8 +68,20 @@ def eval_qa(
 
     if (collection is None) == (corpus is None):
         fail("give exactly one of --collection or --corpus")
+    stage_names = [s.strip() for s in stages.split(",") if s.strip()]
+    if stage_names:
+        from eval.retrieval import check_stages
+
+        check_stages(stage_names)
+    baseline_run = _stored_run(baseline) if baseline else None
+    ragas = ragas or judge is not None
+    judged = _judged_metrics(judge, judge_model, judge_metrics) if judge else []  # a judge that cannot load fails before answering
     asked = load_questions(questions, limit, offset, split)
     name = collection or ensure_eval_collection(corpus, show_progress=True)
+    if stage_names:  # before answering: a stage that cannot run (no active reranker) fails fast
+        from eval.retrieval import rank_questions
+
+        ranked_stages = rank_questions(asked, name, stage_names)
     rows = asked
     if ragas:
         from eval.ragas_suite import with_reference_contexts
@@ -74,19 +94,29 @@ def eval_qa(
         from eval.ragas_suite import add_ragas_metrics
 
         report = add_ragas_metrics(report)
+        if judged:
+            judged_rows = len(report["rows"]) * len(judged)
+            with progress_bar(f"judging ({judge})", judged_rows, enabled=True) as advance:
+                report = add_ragas_metrics(report, judged, judge=True, on_row=lambda _: advance(1))
+    if stage_names:
+        report["metrics"]["retrieval_stages"] = ranked_stages
     columns = {"all": report["metrics"]} | report["by_shape"]
     table = Table("metric", *columns, title=f"{questions} on {name}")
-    for metric in report["metrics"]:
-        table.add_row(metric, *(_figure(figures.get(metric)) for figures in columns.values()))
+    for metric, value in report["metrics"].items():
+        if not isinstance(value, dict):
+            table.add_row(metric, *(_figure(figures.get(metric)) for figures in columns.values()))
     console.print(table)
+    if stage_names:
+        _print_stages(report["metrics"]["retrieval_stages"], f"retrieval stages on {name}")
     if ragas:
         failed = {m: n for m, n in report["failures"].items() if n}
         console.print(f"ragas failures: {failed or 'none'}; not applicable: {report['not_applicable']}", markup=False)
     from citeloop.config import get_settings
     from citeloop.db import session_scope
-    from eval.runs import save_run
+    from eval.runs import save_run, unsaved_run
 
-    config = {"limit": limit, "offset": offset, "split": split, "ragas": ragas, "settings": get_settings().model_dump(include=ANSWER_SETTINGS)}
+    judge_config = {"judge": judge, "judge_model": judge_model or (None if judge != "local" else get_settings().generator), "judge_metrics": [m.name for m in judged]}
+    config = {"limit": limit, "offset": offset, "split": split, "ragas": ragas, **(judge_config if judge else {}), "settings": get_settings().model_dump(include=ANSWER_SETTINGS)}
     from sqlalchemy.exc import SQLAlchemyError
 
     try:  # the file's rows as read: a --ragas run and a plain one of the same questions share a digest
@@ -94,10 +124,55 @@ def eval_qa(
             run = save_run(session, name, str(questions), asked, report, config, "cli")
         report = {"run_id": run.id} | report
         console.print(f"run {run.id} saved (citeloop eval runs; citeloop eval compare {run.id} OTHER)", markup=False)
-    except SQLAlchemyError as exc:  # the answers are not lost with the history: the JSON is still written
+    except SQLAlchemyError as exc:  # the answers are not lost with the history: the JSON and the report are still written
         console.print(f"[yellow]the run was not saved to the history: {exc}[/]")
+        run = unsaved_run(name, str(questions), asked, report, config)
     if json_out:
         _write_json(json_out, report)
+    if report_out:
+        _write_report(report_out, run, baseline_run, report["by_shape"], report.get("not_applicable"))
+
+
+def _judge_llm(judge: str, model: str | None):
+    from eval.judge import local_judge, remote_judge
+
+    if judge == "local":
+        return local_judge(model)
+    if judge.startswith(("http://", "https://")):
+        if not model:
+            fail("--judge URL needs --judge-model NAME (the model the server serves)")
+        return remote_judge(judge, model)
+    fail(f"--judge must be 'local' or an http(s) URL of an OpenAI-compatible server, not '{judge}'")
+
+
+def _judged_metrics(judge: str, model: str | None, names: str) -> list:
+    from eval.judge import JUDGE_METRICS, judge_metrics, minilm_embeddings
+
+    chosen = tuple(n.strip() for n in names.split(",") if n.strip()) or JUDGE_METRICS
+    return judge_metrics(_judge_llm(judge, model), minilm_embeddings(), chosen)
+
+
+def _print_stages(stages: dict[str, dict], title: str) -> None:
+    table = Table("stage", "nDCG@10", "Recall@100", "MRR@10", "queries", title=title)
+    for stage, m in stages.items():
+        table.add_row(stage, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}", str(m["queries"]))
+    console.print(table)
+
+
+def _stored_run(run_id: str):
+    from citeloop.db import session_scope
+    from eval.runs import get_run
+
+    with session_scope() as session:
+        return get_run(session, run_id)
+
+
+def _write_report(path: Path, run, baseline, by_shape: dict | None = None, not_applicable: dict | None = None) -> None:
+    from eval.report import render_report
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(run, baseline, by_shape, not_applicable), encoding="utf-8")
+    console.print(f"report written to {path}", markup=False)
 
 
 @eval_app.command("retrieval")
@@ -105,6 +180,9 @@ def eval_qa(
 def eval_retrieval(
     directory: Annotated[Path, typer.Argument(help="BEIR directory: corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv.")],
     split: Annotated[str, typer.Option("--split", help="Which qrels file to score.")] = "test",
+    judge: Annotated[Optional[str], typer.Option("--judge", help="Also ragas' LLM-judged metrics (implies --ragas): 'local' (a local GGUF generator in-process) or an OpenAI-compatible server's URL ending in /v1.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="The judge: a local generator's name or GGUF (default: the configured generator), or the server's model name (needed with a URL).")] = None,
+    judge_metrics: Annotated[str, typer.Option("--judge-metrics", help="Comma-separated judged metrics (default: all of faithfulness, answer_relevancy, llm_context_precision_with_reference, context_recall, factual_correctness).")] = "",
     stages: Annotated[str, typer.Option("--stages", help="Comma-separated: bm25,dense,hybrid,rerank.")] = "bm25,dense,hybrid",
     reranker: Annotated[str, typer.Option("--reranker", help="Version id for the rerank stage, or 'active'.")] = "active",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
@@ -116,10 +194,7 @@ def eval_retrieval(
     names = [s.strip() for s in stages.split(",") if s.strip()]
     version = get_version(reranker, kind="reranker") if "rerank" in names and reranker != "active" else None
     metrics = evaluate_retrieval(directory, split, names, show_progress=True, reranker=version)
-    table = Table("stage", "nDCG@10", "Recall@100", "MRR@10", "queries", title=f"{directory} ({split})")
-    for stage, m in metrics.items():
-        table.add_row(stage, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['mrr@10']:.4f}", str(m["queries"]))
-    console.print(table)
+    _print_stages(metrics, f"{directory} ({split})")
     if json_out:
         _write_json(json_out, metrics)
 
@@ -267,6 +342,38 @@ def eval_dpo(
         _write_json(json_out, report)
 
 
+@eval_app.command("judge")
+@reports_errors(ValueError, RuntimeError)
+def eval_judge(
+    expertqa: Annotated[Path, typer.Option("--expertqa", help="ExpertQA's lfqa folder (rand_val.jsonl, domain_val.jsonl).")],
+    judge: Annotated[str, typer.Option("--judge", help="'local' (a local GGUF generator in-process) or an OpenAI-compatible server's URL ending in /v1.")] = "local",
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="A local generator's name or GGUF (default: the configured generator), or the server's model name.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=4, help="Judge N claims (a seeded random sample).")] = None,
+    labelled: Annotated[float, typer.Option("--labelled", min=0.01, max=0.9, help="Share of the claims whose expert label calibration may use.")] = 0.3,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Random draws of the labelled claims the coverage is counted over.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """How far the judge can be trusted: its ragas faithfulness of ExpertQA claims by their cited passages against
+    the experts' support labels (accuracy, Cohen's kappa, failures), and the support rate calibrated by a share of
+    the expert labels (prediction-powered inference), with how often its 95% interval covers the experts' rate."""
+    from eval.expertqa import run_expertqa_judge
+
+    llm = _judge_llm(judge, judge_model)
+    report = run_expertqa_judge(expertqa, llm, limit, labelled, repeats, seed, log=lambda line: console.print(f"[dim]{line}[/]"))
+    a, c, cov = report["agreement"], report["calibrated"], report["coverage"]
+    console.print(
+        f"{report['scored']} of {report['claims']} claims judged ({report['failures']} failures, {report['judge_seconds']} s); "
+        f"accuracy {a['accuracy']:.4f}, Cohen's kappa {_figure(a['cohen_kappa'] and round(a['cohen_kappa'], 4))}; "
+        f"experts' support rate {report['expert_support_rate']}, judge's mean {report['judge_mean_faithfulness']}, "
+        f"calibrated {c['estimate']:.4f} (95% CI {c['ci95'][0]:.4f} .. {c['ci95'][1]:.4f}; labels alone {c['classical']['ci95'][0]:.4f} .. {c['classical']['ci95'][1]:.4f}); "
+        f"coverage over {cov['repeats']} draws of {cov['labelled']} labelled claims: {cov['ppi']} (labels alone {cov['classical']})",
+        markup=False,
+    )
+    if json_out:
+        _write_json(json_out, report)
+
+
 @eval_app.command("runs")
 def eval_runs(
     collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only runs on this collection.")] = None,
@@ -313,3 +420,16 @@ def eval_compare(
         console.print(f"{q['id']}: answer F1 {q['answer_f1']['a']} -> {q['answer_f1']['b']}: {q['question']}", markup=False)
     if json_out:
         _write_json(json_out, comparison)
+
+
+@eval_app.command("report")
+@reports_errors()
+def eval_report(
+    run_id: Annotated[str, typer.Argument(help="The stored run reported on.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file written.")],
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="A stored run to compare against (e.g. the base model's).")] = None,
+) -> None:
+    """A stored run as one self-contained HTML page (opens offline): summary cards, distributions per question,
+    retrieval stages, the comparison with --baseline, and the worst-answered questions with their sources."""
+    run = _stored_run(run_id)
+    _write_report(out, run, _stored_run(baseline) if baseline else None)

@@ -33,6 +33,7 @@ from feedback.trainset import PairRow, RatedAnswer
 
 FILES = ("rand_val.jsonl", "domain_val.jsonl")  # the released long-form QA validation splits (overlapping questions)
 USEFUL = "Useful"
+SUPPORT_LABELS = {"Complete": 1, "Incomplete": 0, "Partial": 0}  # an expert's judgement of a claim by its evidence
 # A claim's evidence: "[n] URL", then (for the retrieve-and-read systems) the passage, after a blank line.
 EVIDENCE = re.compile(r"\[(\d+)\]\s*(\S+)\s*(.*)", re.DOTALL)
 
@@ -73,27 +74,62 @@ def _evidence(claims: list[dict]) -> tuple[Evidence, ...]:
     return tuple(found[n] for n in sorted(found))
 
 
-def read_expertqa(directory: Path, files: Iterable[str] = FILES) -> list[ExpertAnswer]:
-    """Every (question, system) answer of the files once; a missing file or a malformed row is a ValueError naming
-    the file and line."""
-    found: dict[tuple[str, str], ExpertAnswer] = {}
+def _rows(directory: Path, files: Iterable[str]) -> Iterable[tuple[str, dict]]:
+    """(where, row) for each row of the files; a missing file is a ValueError naming it."""
     for name in files:
         path = directory / name
         if not path.is_file():
             raise ValueError(f"{path}: no such file (an ExpertQA lfqa split: {', '.join(FILES)})")
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                for system, answer in row["answers"].items():
-                    found.setdefault((row["question"], system), ExpertAnswer(
-                        row["question"], system, _collapsed(answer["answer_string"]),
-                        _collapsed(answer["revised_answer_string"] or answer["answer_string"]), answer["usefulness"],
-                        _evidence(answer.get("claims") or []),
-                    ))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path}:{number}: not an ExpertQA row ({type(exc).__name__}: {exc})") from None
+            if line.strip():
+                try:
+                    yield f"{path}:{number}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: not an ExpertQA row ({type(exc).__name__}: {exc})") from None
+
+
+def read_expertqa(directory: Path, files: Iterable[str] = FILES) -> list[ExpertAnswer]:
+    """Every (question, system) answer of the files once; a missing file or a malformed row is a ValueError naming
+    the file and line."""
+    found: dict[tuple[str, str], ExpertAnswer] = {}
+    for where, row in _rows(directory, files):
+        try:
+            for system, answer in row["answers"].items():
+                found.setdefault((row["question"], system), ExpertAnswer(
+                    row["question"], system, _collapsed(answer["answer_string"]),
+                    _collapsed(answer["revised_answer_string"] or answer["answer_string"]), answer["usefulness"],
+                    _evidence(answer.get("claims") or []),
+                ))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{where}: not an ExpertQA row ({type(exc).__name__}: {exc})") from None
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class JudgedClaim:
+    question: str
+    claim: str  # as the answer states it, citation markers stripped
+    passages: tuple[str, ...]  # the evidence passages it cites
+    supported: int  # the expert's label: 1 when the evidence completely supports the claim
+
+
+def read_judged_claims(directory: Path, files: Iterable[str] = FILES) -> list[JudgedClaim]:
+    """Each distinct claim that cites evidence passages and that an expert judged: support "Complete" is 1,
+    "Incomplete" and "Partial" 0; claims judged "N/A", or citing URLs only, are left out."""
+    from eval.qa import plain_text
+
+    found: dict[tuple[str, str], JudgedClaim] = {}
+    for where, row in _rows(directory, files):
+        try:
+            for answer in row["answers"].values():
+                for claim in answer.get("claims") or ():
+                    label = SUPPORT_LABELS.get(claim.get("support"))
+                    passages = tuple(e.passage for e in _evidence([claim]))
+                    text = plain_text(claim["claim_string"])
+                    if label is not None and passages and text:
+                        found.setdefault((row["question"], text), JudgedClaim(row["question"], text, passages, label))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{where}: not an ExpertQA row ({type(exc).__name__}: {exc})") from None
     return list(found.values())
 
 
@@ -273,4 +309,70 @@ def run_expertqa_dpo(
             {"question": a.question, "revised": a.revised, "base": b, "dpo": d}
             for a, b, d in list(zip(held, answers["base"], answers["dpo"]))[:3]
         ],
+    }
+
+
+def run_expertqa_judge(
+    directory: Path, judge, limit: int | None, labelled_share: float, repeats: int, seed: int, log: Callable[[str], None] = print
+) -> dict:
+    """The judge's ragas `faithfulness` of each expert-judged claim by the passages it cites, against the
+    experts' support labels: agreement (accuracy, Cohen's kappa; a claim counts as supported by the judge at a score
+    >= 0.5), and prediction-powered calibration: with a random `labelled_share` of the claims' expert labels known,
+    the calibrated support rate and its 95% interval, and over `repeats` random draws of the labelled claims, how
+    often that interval (and the labels' own) covers the experts' rate over all judged claims."""
+    import random
+    import time
+
+    from eval.calibration import agreement, calibrate_rows
+    from eval.judge import judge_metrics
+    from eval.ragas_suite import add_ragas_metrics
+
+    claims = read_judged_claims(directory)
+    random.Random(seed).shuffle(claims)
+    claims = claims[:limit] if limit else claims
+    rows = [
+        {"id": str(i), "question": c.question, "answer": c.claim, "retrieved_contexts": list(c.passages), "abstained": False, "expert": c.supported}
+        for i, c in enumerate(claims)
+    ]
+    started = time.monotonic()
+    done = 0
+
+    def judged_one(_name: str) -> None:
+        nonlocal done
+        done += 1
+        if done % 10 == 0 or done == len(rows):
+            log(f"judged {done} of {len(rows)} claims ({time.monotonic() - started:.0f} s)")
+
+    report = add_ragas_metrics({"metrics": {}, "rows": rows}, judge_metrics(judge, None, ("faithfulness",)), judge=True, on_row=judged_one)
+    seconds = time.monotonic() - started
+    scored = [r for r in rows if r["faithfulness"] is not None]
+    if len(scored) < 4:
+        raise ValueError(f"the judge scored {len(scored)} of {len(rows)} claims: too few to measure agreement")
+    truth = sum(r["expert"] for r in scored) / len(scored)
+    labelled = max(2, round(labelled_share * len(scored)))
+    if labelled >= len(scored):
+        raise ValueError(f"--labelled {labelled_share} leaves no unlabelled claims of {len(scored)}")
+    draws = random.Random(seed + 1)
+    calibrated, covered, covered_classical = None, 0, 0
+    for _ in range(repeats):
+        labels = {r["id"]: r["expert"] for r in draws.sample(scored, labelled)}
+        result = calibrate_rows(scored, "faithfulness", labels)
+        calibrated = calibrated or result
+        covered += result["ci95"][0] <= truth <= result["ci95"][1]
+        covered_classical += result["classical"]["ci95"][0] <= truth <= result["classical"]["ci95"][1]
+    return {
+        "data": str(directory),
+        "judge": getattr(judge, "model_id", None) or type(judge).__name__,
+        "claims": len(rows),
+        "scored": len(scored),
+        "failures": report["failures"]["faithfulness"],
+        "failure_rate": round(report["failures"]["faithfulness"] / len(rows), 4),
+        "failure_example": report["failure_examples"].get("faithfulness"),
+        "judge_seconds": round(seconds, 1),
+        "expert_support_rate": round(truth, 4),
+        "judge_mean_faithfulness": round(sum(r["faithfulness"] for r in scored) / len(scored), 4),
+        "agreement": agreement([r["faithfulness"] for r in scored], [r["expert"] for r in scored]),
+        "calibrated": calibrated,
+        "coverage": {"repeats": repeats, "labelled": labelled, "ppi": round(covered / repeats, 4), "classical": round(covered_classical / repeats, 4)},
+        "rows": [{k: r[k] for k in ("id", "question", "answer", "expert", "faithfulness")} for r in rows],
     }

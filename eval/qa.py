@@ -102,6 +102,14 @@ def strip_markers(text: str) -> str:
     return MARKER.sub("", text)
 
 
+SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,;:!?])")  # what a stripped "claim [1]." leaves
+
+
+def plain_text(text: str) -> str:
+    """An answer as a reader takes it in, for a judge: no citation markers, whitespace collapsed."""
+    return SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(strip_markers(text).split()))
+
+
 @dataclass
 class ScoredRow:
     id: str

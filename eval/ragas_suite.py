@@ -4,7 +4,9 @@ Each row becomes a ragas `SingleTurnSample`: the question, the answer as shown (
 first reference answer, the retrieved chunks' texts and document ids, and the reference contexts and document ids.
 Without a judge, the metrics compare strings and ids: `non_llm_context_recall`,
 `non_llm_context_precision_with_reference`, `id_based_context_recall`, `id_based_context_precision` (document ids),
-`rouge_score`, `non_llm_string_similarity`, `exact_match`, `string_present`.
+`rouge_score`, `non_llm_string_similarity`, `exact_match`, `string_present`. With a judge (eval/judge.py), the
+LLM-based ones: `faithfulness`, `answer_relevancy`, `llm_context_precision_with_reference`, `context_recall`,
+`factual_correctness`; a declined answer states no claim to judge, so metrics of the response skip it.
 
 A metric is not applicable to a row that lacks one of the columns it requires (an unanswerable question has no
 reference answer; a row without reference contexts no context recall by text; a generation error nothing): such
@@ -17,15 +19,13 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import re
 import warnings
 from collections.abc import Sequence
 
-from eval.qa import QuestionRow, normalize_answer, strip_markers
+from eval.qa import QuestionRow, normalize_answer, plain_text
 
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # ragas reports usage to its authors unless told not to
-METRIC_TIMEOUT_S = 120.0
-SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,;:!?])")  # what a stripped "claim [1]." leaves
+METRIC_TIMEOUT_S = 600.0  # per row and metric: a local judge makes several calls for one row
 
 
 def non_llm_metrics() -> list:
@@ -63,7 +63,7 @@ def sample_of(row: dict):
         return None
     return SingleTurnSample(
         user_input=row["question"],
-        response=SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(strip_markers(row["answer"]).split())),
+        response=plain_text(row["answer"]),
         reference=row["references"][0] if row.get("references") else None,
         retrieved_contexts=row.get("retrieved_contexts") or None,
         reference_contexts=row.get("reference_contexts") or None,
@@ -72,9 +72,13 @@ def sample_of(row: dict):
     )
 
 
-def _applicable(metric, sample) -> bool:
-    # An empty answer is still an answer (it scores low); a missing column (None) is not.
-    return sample is not None and all(getattr(sample, column, None) is not None for column in metric.required_columns["SINGLE_TURN"])
+def _applicable(metric, sample, row: dict, judge: bool) -> bool:
+    # An empty answer is still an answer (it scores low); a missing column (None) is not. A declined answer states
+    # no claim a judge could check.
+    columns = metric.required_columns["SINGLE_TURN"]
+    if judge and "response" in columns and row.get("abstained"):
+        return False
+    return sample is not None and all(getattr(sample, column, None) is not None for column in columns)
 
 
 async def _score(metric, sample) -> tuple[float | None, str | None]:
@@ -86,25 +90,35 @@ async def _score(metric, sample) -> tuple[float | None, str | None]:
     return (None, "NaN") if math.isnan(value) else (value, None)
 
 
-async def _score_all(metrics: Sequence, samples: list) -> dict[str, list[tuple[float | None, str | None] | None]]:
+async def _score_all(metrics: Sequence, samples: list, rows: list[dict], judge: bool, on_row) -> dict[str, list[tuple[float | None, str | None] | None]]:
     out: dict[str, list] = {}
     for metric in metrics:
-        jobs = [_score(metric, s) if _applicable(metric, s) else None for s in samples]
-        done = iter(await asyncio.gather(*(j for j in jobs if j is not None)))
-        out[metric.name] = [next(done) if j is not None else None for j in jobs]
+        jobs = [_score(metric, s) if _applicable(metric, s, row, judge) else None for s, row in zip(samples, rows)]
+        if judge:  # one judge decodes one sequence at a time: rows queued together would only eat their timeouts
+            results = []
+            for job in jobs:
+                results.append(await job if job is not None else None)
+                if on_row:
+                    on_row(metric.name)
+        else:
+            done = iter(await asyncio.gather(*(j for j in jobs if j is not None)))
+            results = [next(done) if j is not None else None for j in jobs]
+        out[metric.name] = results
     return out
 
 
-def add_ragas_metrics(report: dict, metrics: Sequence | None = None) -> dict:
+def add_ragas_metrics(report: dict, metrics: Sequence | None = None, judge: bool = False, on_row=None) -> dict:
     """The `eval qa` report with each metric's value per row (None where not applicable or failed), its mean under
     `metrics` (None when no row scored), and top-level `failures` / `not_applicable` counts per metric, plus
-    `failure_examples`: one error message per failing metric."""
+    `failure_examples`: one error message per failing metric (merged with those of metrics scored before).
+    `judge`: the metrics call a judge model: rows are scored one at a time (`on_row(metric name)` after each) and
+    declined answers are not applicable to metrics of the response."""
     metrics = list(metrics) if metrics is not None else non_llm_metrics()
     samples = [sample_of(row) for row in report["rows"]]
-    scored = asyncio.run(_score_all(metrics, samples))
-    failures: dict[str, int] = {}
-    not_applicable: dict[str, int] = {}
-    examples: dict[str, str] = {}
+    scored = asyncio.run(_score_all(metrics, samples, report["rows"], judge, on_row))
+    failures: dict[str, int] = dict(report.get("failures") or {})
+    not_applicable: dict[str, int] = dict(report.get("not_applicable") or {})
+    examples: dict[str, str] = dict(report.get("failure_examples") or {})
     for name, results in scored.items():
         values = []
         for row, result in zip(report["rows"], results):

@@ -153,3 +153,14 @@ def evaluate_collection(
                 runs[stage][qid] = {c: v for c, v in run.items() if c in qrels[qid]} if level == "judged" else run
             advance(1)
     return score_runs(qrels, runs, per_query)
+
+
+def rank_questions(rows, collection: str, stages: list[str], settings: Settings | None = None) -> dict[str, dict]:
+    """Metrics per stage of question rows (`eval.qa.QuestionRow`) against their reference documents; rows without
+    any are left out."""
+    judged = [r for r in rows if r.doc_ids]
+    if not judged:
+        raise ValueError("ranking retrieval stages needs questions with 'reference_doc_ids'")
+    queries = {r.id: r.question for r in judged}
+    qrels = {r.id: {d: 1 for d in r.doc_ids} for r in judged}
+    return evaluate_collection(collection, queries, qrels, stages, settings or get_settings())

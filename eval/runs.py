@@ -14,7 +14,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -58,6 +58,14 @@ def save_run(session: Session, collection: str, questions: str, rows: list[Quest
     session.add(record)
     session.flush()
     return _info(record, collection)
+
+
+def unsaved_run(collection: str, questions: str, rows: list[QuestionRow], report: dict, config: dict) -> EvalRunInfo:
+    """A run as it would be stored, for a report when the history could not take it."""
+    return EvalRunInfo(
+        "unsaved", collection, questions, questions_sha256(rows), report.get("models") or {}, config, report["metrics"],
+        report.get("failures") or {}, report["rows"], "cli", datetime.now(timezone.utc),
+    )
 
 
 def _info(record: EvalRun, collection: str, with_rows: bool = True) -> EvalRunInfo:

@@ -131,7 +131,9 @@ class LlamaCppGenerator:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def stream(self, messages: list[dict[str, str]], params: SamplingParams) -> Iterator[str]:
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams, response_format: dict | None = None) -> Iterator[str]:
+        """The reply as it is decoded; `response_format` {"type": "json_object", "schema"?: ...} constrains it by a
+        grammar to JSON (of that schema)."""
         deadline = time.monotonic() + params.timeout_s
         with self._lock:
             chunks = self.llm.create_chat_completion(
@@ -141,6 +143,7 @@ class LlamaCppGenerator:
                 temperature=params.temperature,
                 top_p=params.top_p,
                 seed=params.seed,
+                response_format=response_format,
             )
             try:
                 for chunk in chunks:

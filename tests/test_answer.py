@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 from generation.engines import GenerationError, load_generator
 from generation.pipeline import AnswerPipeline, ContextsEvent, DoneEvent, QuestionError, TokenEvent
 from citeloop.errors import UnknownCollectionError

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from eval.expertqa import answer_messages, preference_pairs, ratings, read_expertqa, split_questions, win_rate
+from eval.expertqa import answer_messages, preference_pairs, ratings, read_expertqa, read_judged_claims, split_questions, win_rate
 from tests.conftest import REPO
 
 
@@ -99,3 +99,24 @@ def test_eval_dpo_trains_on_the_training_questions_and_answers_the_held_out_ones
     assert f"{answered} of {len(held)} held-out questions answered; reward model prefers the revision" in " ".join(done.stdout.split())
     assert report["reward"]["held_out_pairs"] == len(held)  # scored on every held-out answer, not only those answered
     assert len(report["examples"]) == answered and all(e["base"] and e["dpo"] for e in report["examples"])
+
+
+def test_judged_claims_carry_the_experts_support_label_and_their_passages(tmp_path):
+    def claim(text, support, evidence):
+        return {"claim_string": text, "support": support, "evidence": evidence}
+
+    passage = "[1] https://example.org/a\n\nBonds are loans to an issuer."
+    claims = [
+        claim("Bonds are loans [1].", "Complete", [passage]),
+        claim("Bonds never default [1].", "Incomplete", [passage]),
+        claim("Bonds are old [1].", "Partial", [passage]),
+        claim("Bonds are sold at banks [2].", "Complete", ["[2] https://example.org/url-only"]),  # no passage to judge by
+        claim("Bonds are fun [1].", "N/A", [passage]),
+    ]
+    answer = {"answer_string": "x", "revised_answer_string": "x", "usefulness": "Useful", "claims": claims}
+    line = json.dumps({"question": "What is a bond?", "answers": {"gpt4": answer, "bing_chat": answer}})
+    (tmp_path / "rand_val.jsonl").write_text(line + "\n")
+    (tmp_path / "domain_val.jsonl").write_text(line + "\n")
+    judged = read_judged_claims(tmp_path)
+    assert [(c.claim, c.supported) for c in judged] == [("Bonds are loans.", 1), ("Bonds never default.", 0), ("Bonds are old.", 0)]
+    assert judged[0].passages == ("Bonds are loans to an issuer.",)

@@ -114,11 +114,18 @@ def test_eval_qa_with_ragas_writes_each_metric_its_failures_and_per_row_values(r
     ]) + "\n")
     out = tmp_path / "report.json"
     env = dict(os.environ, CITELOOP_DATA_DIR=str(releases.data_dir), CITELOOP_GENERATOR="smollm2-135m", CITELOOP_MAX_NEW_TOKENS="24")
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", "eval", "qa", str(questions), "--collection", "releases", "--ragas", "--json", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+
+    def eval_qa(*options):
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "eval", "qa", str(questions), "--collection", "releases", *options],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+
+    no_reranker = eval_qa("--stages", "hybrid,rerank", "--json", str(out))
+    assert no_reranker.returncode == 1 and "needs a reranker" in no_reranker.stderr and not out.exists()  # before answering
+    done = eval_qa("--ragas", "--stages", "bm25,dense,hybrid", "--json", str(out), "--report", str(tmp_path / "report.html"))
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "plotly" in (tmp_path / "report.html").read_text()
     report = json.loads(out.read_text())
     names = {m.name for m in non_llm_metrics()}
     assert names <= set(report["metrics"]) and set(report["failures"]) == names and "ragas failures" in done.stdout
@@ -134,3 +141,5 @@ def test_eval_qa_with_ragas_writes_each_metric_its_failures_and_per_row_values(r
         run = get_run(session, report["run_id"])
     assert run.collection == "releases" and run.metrics == report["metrics"] and run.models["generator"].startswith("smollm2-135m@")
     assert run.config["ragas"] is True and run.config["settings"]["generator"] == "smollm2-135m" and len(run.rows) == 2
+    stages = run.metrics["retrieval_stages"]
+    assert list(stages) == ["bm25", "dense", "hybrid"] and stages["hybrid"]["queries"] == 1  # the question with a reference document
