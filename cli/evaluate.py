@@ -2,7 +2,7 @@
 feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator), `eval reward` (the
 reward model on experts' preferences), `eval dpo` (a DPO adapter trained on experts' preferences), `eval judge`
 (a ragas judge against experts' labels), and the history of `eval qa` runs: `eval runs`, `eval compare`, `eval
-report`."""
+calibrate` (judged metrics corrected by curators' labels), `eval report`."""
 
 from __future__ import annotations
 
@@ -364,7 +364,7 @@ def eval_judge(
     a, c, cov = report["agreement"], report["calibrated"], report["coverage"]
     console.print(
         f"{report['scored']} of {report['claims']} claims judged ({report['failures']} failures, {report['judge_seconds']} s); "
-        f"accuracy {a['accuracy']:.4f}, Cohen's kappa {_figure(a['cohen_kappa'] and round(a['cohen_kappa'], 4))}; "
+        f"accuracy {a['accuracy']:.4f}, Cohen's kappa {_figure(None if a['cohen_kappa'] is None else round(a['cohen_kappa'], 4))}; "
         f"experts' support rate {report['expert_support_rate']}, judge's mean {report['judge_mean_faithfulness']}, "
         f"calibrated {c['estimate']:.4f} (95% CI {c['ci95'][0]:.4f} .. {c['ci95'][1]:.4f}; labels alone {c['classical']['ci95'][0]:.4f} .. {c['classical']['ci95'][1]:.4f}); "
         f"coverage over {cov['repeats']} draws of {cov['labelled']} labelled claims: {cov['ppi']} (labels alone {cov['classical']})",
@@ -420,6 +420,37 @@ def eval_compare(
         console.print(f"{q['id']}: answer F1 {q['answer_f1']['a']} -> {q['answer_f1']['b']}: {q['question']}", markup=False)
     if json_out:
         _write_json(json_out, comparison)
+
+
+@eval_app.command("calibrate")
+@reports_errors(ValueError)
+def eval_calibrate(
+    run_id: Annotated[str, typer.Argument(help="The stored run whose judged metrics are calibrated.")],
+    labels: Annotated[Path, typer.Option("--labels", help="JSONL rows {id, METRIC: 0|1, ...}: curators' labels of some of the run's answers.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the calibrated metrics here.")] = None,
+) -> None:
+    """Each judged metric the curators labelled, corrected by the judge's measured error on their labels
+    (prediction-powered inference): the judge's mean, the calibrated estimate with its 95% interval, the interval of
+    the labels alone, and the judge's agreement with the curators (accuracy, Cohen's kappa). The labelled answers
+    must be a random sample of the run's for the interval to hold."""
+    from eval.calibration import calibrate_run, read_labels
+
+    run = _stored_run(run_id)
+    calibrated = calibrate_run(run.rows, set(run.failures), read_labels(labels))
+    table = Table("metric", "judge", "calibrated", "95% CI", "labels alone", "labelled", "accuracy", "Cohen's kappa", title=f"{run_id}: calibrated by {labels.name}")
+    for metric, c in calibrated.items():
+        if c is None:
+            table.add_row(metric, _figure(run.metrics.get(metric)), "too few labelled answers with a judge score (2 needed)", "", "", "", "", "")
+            continue
+        a = c["agreement"]
+        table.add_row(
+            metric, f"{c['judge_mean']:.4f}", f"{c['estimate']:.4f}", f"{c['ci95'][0]:.4f} .. {c['ci95'][1]:.4f}",
+            f"{c['classical']['ci95'][0]:.4f} .. {c['classical']['ci95'][1]:.4f}", str(c["n_labelled"]), f"{a['accuracy']:.4f}",
+            _figure(None if a["cohen_kappa"] is None else round(a["cohen_kappa"], 4)),
+        )
+    console.print(table)
+    if json_out:
+        _write_json(json_out, {"run_id": run_id, "labels": str(labels), "calibrated": calibrated})
 
 
 @eval_app.command("report")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
@@ -141,3 +142,35 @@ def calibrate_rows(rows: list[dict], metric: str, labels: dict[str, float]) -> d
     judge = [row[metric] for row in labelled]
     human = [labels[row["id"]] for row in labelled]
     return calibrated_mean(unlabelled, judge, human) | {"agreement": agreement(judge, human), "excluded": len(rows) - len(scored)}
+
+
+def read_labels(path: Path) -> dict[str, dict[str, int]]:
+    """Curators' labels of a run's answers, JSONL rows `{"id": question id, metric: 0 | 1, ...}` (e.g.
+    `{"id": "q7", "faithfulness": 1}`: the answer to q7 is supported by its contexts): metric -> {id: label}.
+    A malformed row is a ValueError naming the file and line."""
+    from eval.jsonl import json_lines
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    labels: dict[str, dict[str, int]] = {}
+    for lineno, raw in json_lines(path, ValueError):
+        if not isinstance(raw, dict) or raw.get("id") is None or len(raw) < 2:
+            raise ValueError(f"{path}:{lineno}: expected an object with an 'id' and at least one metric's 0/1 label")
+        for metric, label in raw.items():
+            if metric == "id":
+                continue
+            if label not in (0, 1):
+                raise ValueError(f"{path}:{lineno}: '{metric}' must be 0 or 1, not {label!r}")
+            labels.setdefault(metric, {})[str(raw["id"])] = int(label)
+    if not labels:
+        raise ValueError(f"{path}: no labels")
+    return labels
+
+
+def calibrate_run(rows: list[dict], judged: set[str], labels: dict[str, dict[str, int]]) -> dict[str, dict | None]:
+    """Each labelled metric of a run's `rows` calibrated (`calibrate_rows`; None where too few rows are labelled);
+    `judged`: the metrics the run has a value per row for. A label of another metric is a ValueError."""
+    unknown = sorted(set(labels) - judged)
+    if unknown:
+        raise ValueError(f"labels of metric(s) the run did not score per question: {', '.join(unknown)} (it has: {', '.join(sorted(judged)) or 'none'})")
+    return {metric: calibrate_rows(rows, metric, by_id) for metric, by_id in labels.items()}

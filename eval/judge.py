@@ -104,17 +104,22 @@ def local_judge(name: str | None = None, settings: Settings | None = None, max_t
     return LocalJudge()
 
 
-def remote_judge(url: str, model: str, timeout_s: float = 300.0):
-    """ragas' LLM interface over an OpenAI-compatible server (`url` ends in /v1), greedy."""
+def remote_judge(url: str, model: str, max_tokens: int = 1024, timeout_s: float = 300.0):
+    """ragas' LLM interface over an OpenAI-compatible server (`url` ends in /v1), greedy, in JSON mode."""
     from langchain_openai import ChatOpenAI
     from ragas.run_config import RunConfig
 
-    with warnings.catch_warnings():
+    # JSON mode: ragas parses every reply as JSON; vLLM, llama.cpp's server and Ollama all honour it. The length
+    # cap goes as OpenAI's newer max_completion_tokens and as max_tokens, the one llama.cpp's server reads.
+    chat = ChatOpenAI(
+        base_url=url, model=model, api_key="not-needed", temperature=0.0, max_tokens=max_tokens, timeout=timeout_s, max_retries=0,
+        model_kwargs={"response_format": {"type": "json_object"}}, extra_body={"max_tokens": max_tokens},
+    )
+    with warnings.catch_warnings():  # ragas 0.4 deprecates the wrapper for llm_factory, which its legacy metrics do not take
         warnings.simplefilter("ignore", DeprecationWarning)
         from ragas.llms import LangchainLLMWrapper
 
-    chat = ChatOpenAI(base_url=url, model=model, api_key="not-needed", temperature=0.0, timeout=timeout_s, max_retries=0)
-    return LangchainLLMWrapper(chat, run_config=RunConfig(timeout=int(timeout_s) + 30, max_retries=JUDGE_RETRIES))
+        return LangchainLLMWrapper(chat, run_config=RunConfig(timeout=int(timeout_s) + 30, max_retries=JUDGE_RETRIES))
 
 
 def minilm_embeddings(settings: Settings | None = None):

@@ -189,3 +189,38 @@ def test_importing_keeps_warnings_shown():
     code = "import warnings, eval.calibration; warnings.warn('still shown')"
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True)
     assert "still shown" in done.stderr
+
+
+def test_eval_calibrate_corrects_a_stored_runs_judged_metric_by_curators_labels(sqlite_settings, tmp_path):
+    import json
+
+    from citeloop.db import session_scope
+    from eval.qa import QuestionRow
+    from eval.runs import save_run
+    from retrieval.ingest import get_or_create_collection
+    from tests.test_cli import run_cli
+
+    questions = [QuestionRow(f"q{i}", f"Question {i}?", ["A."]) for i in range(12)]
+    judge = [1.0, 0.0, 1.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0, None, 1.0, 0.0]  # q9: the judge failed
+    rows = [{"id": q.id, "question": q.question, "answer": "A.", "faithfulness": v} for q, v in zip(questions, judge)]
+    with session_scope(sqlite_settings) as session:
+        get_or_create_collection(session, "docs")
+        run = save_run(session, "docs", "q.jsonl", questions, {"metrics": {"faithfulness": 0.6818}, "rows": rows, "failures": {"faithfulness": 1}}, {}, "cli")
+    labels = tmp_path / "labels.jsonl"
+    curated = {"q0": 1, "q1": 0, "q2": 0, "q3": 1, "q9": 1}  # the judge called q2 supported; q9 has no judge score
+    labels.write_text("".join(json.dumps({"id": q, "faithfulness": v}) + "\n" for q, v in curated.items()))
+    out = tmp_path / "calibrated.json"
+    done = run_cli("eval", "calibrate", run.id, "--labels", str(labels), "--json", str(out), data_dir=sqlite_settings.data_dir)
+    assert done.returncode == 0, done.stderr
+    calibrated = json.loads(out.read_text())["calibrated"]["faithfulness"]
+    expected = calibrate_rows(rows, "faithfulness", curated)
+    assert calibrated["estimate"] == pytest.approx(expected["estimate"]) and calibrated["ci95"] == pytest.approx(expected["ci95"])
+    assert calibrated["n_labelled"] == 4 and calibrated["excluded"] == 1 and calibrated["judge_error"] == pytest.approx(0.25)
+    assert calibrated["agreement"]["accuracy"] == 0.75
+
+    labels.write_text('{"id": "q0", "faithfulness": 1}\n{"id": "q1", "faithfulness": 0.5}\n')
+    bad = run_cli("eval", "calibrate", run.id, "--labels", str(labels), data_dir=sqlite_settings.data_dir)
+    assert (bad.returncode, bad.stderr) == (1, f"error: {labels}:2: 'faithfulness' must be 0 or 1, not 0.5\n")
+    labels.write_text('{"id": "q0", "relevance": 1}\n')
+    other = run_cli("eval", "calibrate", run.id, "--labels", str(labels), data_dir=sqlite_settings.data_dir)
+    assert (other.returncode, other.stderr) == (1, "error: labels of metric(s) the run did not score per question: relevance (it has: faithfulness)\n")

@@ -81,3 +81,39 @@ def test_a_bad_judge_is_a_clear_error_before_anything_is_answered(tmp_path):
     assert (nameless.returncode, nameless.stderr) == (1, "error: --judge URL needs --judge-model NAME (the model the server serves)\n")
     metric = run_cli("eval", "qa", str(questions), "-c", "docs", "--judge", "local", "--judge-model", JUDGE, "--judge-metrics", "faithfulness,vibes", data_dir=data)
     assert metric.returncode == 1 and metric.stderr.startswith("error: unknown judge metric(s) vibes; available: faithfulness, ")
+
+
+@pytest.mark.slow
+def test_a_judge_at_a_url_is_asked_over_http(sqlite_settings):
+    """llama.cpp's own OpenAI-compatible server, serving SmolLM2, judges through `--judge URL`."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from eval.judge import remote_judge
+    from generation.models import resolve_generator
+    from eval.feedback_loop import free_port
+    from tests.test_api import wait_until_ready
+
+    port = free_port()
+    gguf = resolve_generator(JUDGE, sqlite_settings).gguf
+    log = sqlite_settings.data_dir.parent / "llama-server.log"  # a file: llama.cpp's load log would fill a pipe and stall it
+    with open(log, "w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smol", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", lambda: None if server.poll() is None else log.read_text()[-2000:])
+        url = f"http://127.0.0.1:{port}/v1"
+        report = add_ragas_metrics({"metrics": {}, "rows": [_row("answered", "A bond pays its holder a coupon each year [1].")]},
+                                   judge_metrics(remote_judge(url, "smol", max_tokens=256, timeout_s=120), None, ("faithfulness",)), judge=True)
+        value, failed = report["rows"][0]["faithfulness"], report["failures"]["faithfulness"]
+        assert (value is None) == (failed == 1) and (value is None or 0.0 <= value <= 1.0)
+        # The server answered each call (a reply that does not parse would be counted as the failure).
+        assert not any(word in str(report["failure_examples"]) for word in ("Connection", "Timeout")), report["failure_examples"]
+        assert log.read_text().count('"POST /v1/chat/completions HTTP/1.1" 200') >= 1
+    finally:
+        server.kill()
+        server.wait(timeout=30)
