@@ -115,7 +115,7 @@ def remote_judge(url: str, model: str, max_tokens: int = 1024, timeout_s: float 
         base_url=url, model=model, api_key="not-needed", temperature=0.0, max_tokens=max_tokens, timeout=timeout_s, max_retries=0,
         model_kwargs={"response_format": {"type": "json_object"}}, extra_body={"max_tokens": max_tokens},
     )
-    with warnings.catch_warnings():  # ragas 0.4 deprecates the wrapper for llm_factory, which its legacy metrics do not take
+    with warnings.catch_warnings():  # deprecated in ragas 0.4, the wrapper still serves the legacy metrics used here
         warnings.simplefilter("ignore", DeprecationWarning)
         from ragas.llms import LangchainLLMWrapper
 
