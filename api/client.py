@@ -66,8 +66,8 @@ class Client:
         return self._call("DELETE", f"/v1/collections/{collection}/documents/{doc_id}")
 
     # answers and search
-    def ask(self, collection: str, question: str, top_k: int | None = None) -> dict:
-        body = {"collection": collection, "question": question} | ({"top_k": top_k} if top_k else {})
+    def ask(self, collection: str, question: str, top_k: int | None = None, filters: dict | None = None) -> dict:
+        body = {"collection": collection, "question": question} | ({"top_k": top_k} if top_k else {}) | ({"filters": filters} if filters else {})
         return self._call("POST", "/v1/ask", json=body)
 
     def ask_stream(self, collection: str, question: str, top_k: int | None = None) -> Iterator[tuple[str, Any]]:
@@ -86,8 +86,9 @@ class Client:
                     yield event, json.loads(line[6:])
                     event = None
 
-    def search(self, collection: str, query: str, k: int = 10) -> dict:
-        return self._call("POST", "/v1/search", json={"collection": collection, "query": query, "k": k})
+    def search(self, collection: str, query: str, k: int = 10, filters: dict | None = None) -> dict:
+        body = {"collection": collection, "query": query, "k": k} | ({"filters": filters} if filters else {})
+        return self._call("POST", "/v1/search", json=body)
 
     # feedback
     def vote(self, answer_id: str, rating: str, comment: str | None = None) -> dict:

@@ -7,6 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 CollectionName = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+Scalar = str | int | float | bool
+# Documents' metadata to match: each key equal to its value, or to any value of a list.
+MetadataFilters = dict[str, Scalar | list[Scalar]] | None
+FILTERS = Field(None, description='Only chunks of documents whose metadata match: {"product": "kettle", "lang": ["en", "de"]}.', max_length=32)
 
 
 class Strict(BaseModel):
@@ -104,6 +108,7 @@ class AskRequest(Strict):
     question: str = Field(min_length=1)
     top_k: int | None = Field(None, ge=1, le=50)
     stream: bool = False
+    filters: MetadataFilters = FILTERS
 
 
 class AskResponse(BaseModel):
@@ -125,6 +130,7 @@ class SearchRequest(Strict):
     collection: str = CollectionName
     query: str = Field(min_length=1, max_length=10_000)
     k: int = Field(10, ge=1, le=100)
+    filters: MetadataFilters = FILTERS
 
 
 class SearchResponse(BaseModel):

@@ -152,7 +152,7 @@ def run_answer_feedback_loop(
     pipeline = AnswerPipeline(collection, settings)
 
     def evaluate(version=None) -> dict:
-        report = evaluate_qa(test_rows, lambda q: pipeline.answer(q, generator=version))
+        report = evaluate_qa(test_rows, lambda q, filters: pipeline.answer(q, generator=version, filters=filters))
         return report["metrics"] | {"by_shape": report["by_shape"]}
 
     progress(f"before: {len(test_rows)} test questions")

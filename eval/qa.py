@@ -1,6 +1,7 @@
 """Answer evaluation on ragas-style question rows:
 `{"id", "user_input", "reference"?, "reference_answers"?: [...], "reference_doc_ids"?: [...], "reference_contexts"?: [...],
-"shape"?, "split"?}`.
+"shape"?, "split"?, "filters"?: {...}}`; `filters` scopes a question to the documents whose metadata match (as
+search's filter), as a user asking about one policy or product does.
 
 A row with neither `reference` nor `reference_answers` is an unanswerable question: the right answer is a
 refusal, and it counts towards `refusal_rate_unanswerable` only; an answerable question that is refused counts
@@ -34,6 +35,7 @@ class QuestionRow:
     doc_ids: list[str] = field(default_factory=list)
     shape: str | None = None
     reference_contexts: list[str] = field(default_factory=list)  # passages that hold the answer (ragas' column)
+    filters: dict = field(default_factory=dict)  # documents' metadata the answer must come from
 
     @property
     def answerable(self) -> bool:
@@ -60,6 +62,9 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
         contexts = raw.get("reference_contexts") or []
         if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
             raise QuestionsFormatError(f"{path}:{lineno}: 'reference_contexts' must be a list of strings")
+        filters = raw.get("filters") or {}
+        if not isinstance(filters, dict) or not all(_filter_value(v) for v in filters.values()):
+            raise QuestionsFormatError(f"{path}:{lineno}: 'filters' must map metadata keys to a value or a list of values")
         rows.append(
             QuestionRow(
                 str(raw.get("id", lineno)),
@@ -68,6 +73,7 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
                 [str(d) for d in raw.get("reference_doc_ids") or []],
                 str(raw["shape"]) if raw.get("shape") else None,
                 contexts,
+                filters,
             )
         )
         if limit and len(rows) == limit:
@@ -75,6 +81,11 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
     if not rows:
         raise QuestionsFormatError(f"{path}: no questions" + (f" in split '{split}'" if split is not None else ""))
     return rows
+
+
+def _filter_value(value) -> bool:
+    scalar = (str, int, float, bool)
+    return isinstance(value, scalar) or isinstance(value, list) and all(isinstance(v, scalar) for v in value)
 
 
 def normalize_answer(text: str) -> str:
@@ -195,15 +206,16 @@ def summarize(rows: list[ScoredRow]) -> dict[str, float | int | None]:
 
 
 def evaluate_qa(
-    rows: list[QuestionRow], answer: Callable[[str], Answer], on_row: Callable[[ScoredRow], None] | None = None
+    rows: list[QuestionRow], answer: Callable[..., Answer], on_row: Callable[[ScoredRow], None] | None = None
 ) -> dict:
-    """Answer every row; a generation error is recorded against its row and the run goes on."""
+    """Answer every row by `answer(question, filters=row's filters or None)`; a generation error is recorded against
+    its row and the run goes on."""
     from generation.engines import GenerationError
 
     scored: list[ScoredRow] = []
     for row in rows:
         try:
-            result = score_row(row, answer(row.question))
+            result = score_row(row, answer(row.question, filters=row.filters or None))
         except GenerationError as exc:
             result = ScoredRow(
                 row.id, row.question, row.answerable, "", False, None, "", [], [], row.doc_ids, None, None, 0.0, None, row.shape,

@@ -126,9 +126,11 @@ def evaluate_collection(
     show_progress: bool = False,
     reranker: VersionInfo | None = None,
     per_query: bool = False,
+    filters: dict[str, dict] | None = None,
 ) -> dict[str, dict]:
     """Metrics per stage of labelled queries on a collection; `level`: the qrels name documents or chunks, or
-    judged chunks (scored on each ranking condensed to them: feedback/evalsets.py)."""
+    judged chunks (scored on each ranking condensed to them: feedback/evalsets.py); `filters`: a query's metadata
+    filter, by query id."""
     from retrieval.rerank import RankedSearch
 
     check_stages(stages)
@@ -144,10 +146,11 @@ def evaluate_collection(
     with progress_bar(f"querying {len(qrels)} queries", len(qrels), show_progress) as advance:
         for qid in qrels:
             for stage in stages:
+                scope = (filters or {}).get(qid)
                 if stage == "rerank":
-                    hits = ranked.search(queries[qid], k=chunk_depth, reranker=reranker).hits
+                    hits = ranked.search(queries[qid], k=chunk_depth, filters=scope, reranker=reranker).hits
                 else:
-                    hits = retriever.search(queries[qid], k=chunk_depth, mode=stage, candidates=chunk_depth)
+                    hits = retriever.search(queries[qid], k=chunk_depth, mode=stage, candidates=chunk_depth, filters=scope)
                 run = ranking(hits, len(hits), "chunk") if level == "judged" else ranking(hits, RUN_DEPTH, level)
                 # judged: the ranking condensed to the judged chunks, in order
                 runs[stage][qid] = {c: v for c, v in run.items() if c in qrels[qid]} if level == "judged" else run
@@ -156,11 +159,12 @@ def evaluate_collection(
 
 
 def rank_questions(rows, collection: str, stages: list[str], settings: Settings | None = None) -> dict[str, dict]:
-    """Metrics per stage of question rows (`eval.qa.QuestionRow`) against their reference documents; rows without
-    any are left out."""
+    """Metrics per stage of question rows (`eval.qa.QuestionRow`, each searched within its filters) against their
+    reference documents; rows without any are left out."""
     judged = [r for r in rows if r.doc_ids]
     if not judged:
         raise ValueError("ranking retrieval stages needs questions with 'reference_doc_ids'")
     queries = {r.id: r.question for r in judged}
     qrels = {r.id: {d: 1 for d in r.doc_ids} for r in judged}
-    return evaluate_collection(collection, queries, qrels, stages, settings or get_settings())
+    filters = {r.id: r.filters for r in judged if r.filters}
+    return evaluate_collection(collection, queries, qrels, stages, settings or get_settings(), filters=filters)

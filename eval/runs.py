@@ -45,7 +45,7 @@ class EvalRunInfo:
 
 def questions_sha256(rows: list[QuestionRow]) -> str:
     """Digest of what was asked and what counts as right: two runs with the same one answered the same set."""
-    payload = [[r.id, r.question, r.references, r.doc_ids, r.reference_contexts, r.shape] for r in rows]
+    payload = [[r.id, r.question, r.references, r.doc_ids, r.reference_contexts, r.shape] + ([r.filters] if r.filters else []) for r in rows]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

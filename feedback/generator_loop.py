@@ -105,7 +105,7 @@ def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None)
     serving = pipeline.generators.run().version_id
     baseline_name = f"active generator {serving}" if serving else "the base generator"
     baseline = evaluate_qa(rows, pipeline.answer, on_row)
-    candidate = evaluate_qa(rows, lambda q: pipeline.answer(q, generator=version), on_row)
+    candidate = evaluate_qa(rows, lambda q, filters: pipeline.answer(q, generator=version, filters=filters), on_row)
     decision = qa_gate_decision(candidate, baseline, baseline_name, settings)
     return replace(decision, reason=f"{len(rows)} held-out questions: {decision.reason}")
 

@@ -149,19 +149,22 @@ class AnswerPipeline:
             )
         return question
 
-    def answer(self, question: str, top_k: int | None = None, generator: VersionInfo | None = None) -> Answer:
-        for event in self.stream(question, top_k, generator):
+    def answer(self, question: str, top_k: int | None = None, generator: VersionInfo | None = None, filters: dict | None = None) -> Answer:
+        for event in self.stream(question, top_k, generator, filters):
             if isinstance(event, DoneEvent):
                 return event.answer
         raise AssertionError("the answer stream ended without a DoneEvent")
 
-    def stream(self, question: str, top_k: int | None = None, generator: VersionInfo | None = None) -> Iterator[AnswerEvent]:
-        """`generator`: a generator version to answer with (an evaluation) instead of the collection's active one."""
+    def stream(
+        self, question: str, top_k: int | None = None, generator: VersionInfo | None = None, filters: dict | None = None
+    ) -> Iterator[AnswerEvent]:
+        """`generator`: a generator version to answer with (an evaluation) instead of the collection's active one;
+        `filters`: answer from the chunks of documents whose metadata match only (as search's)."""
         question = self.check_question(question)
         started = time.perf_counter()
         timings: dict[str, float] = {}
         wanted = top_k or self.settings.answer_contexts
-        retrieved = self.retriever.run(question, wanted)
+        retrieved = self.retriever.run(question, wanted, filters)
         if retrieved.chunks == 0:
             raise QuestionError(f"collection '{self.collection}' has no documents; ingest some first")
         ranked = self.reranker.run(question, retrieved.hits, wanted)

@@ -141,6 +141,15 @@ def test_search_and_ask_share_one_loaded_collection_and_a_deleted_one_is_404(sit
     loaded = [o for o in gc.get_objects() if type(o) is CollectionRetriever and o.settings is services.settings and o.collection == "gamma"]
     assert len(loaded) == 1  # one FAISS index and one copy of the chunk texts for both routes
 
+    # A metadata filter scopes both routes to the documents that match, as a question about one product is.
+    root.add_documents("gamma", [FERN | {"metadata": {"product": "fern"}}, {**KETTLE, "id": "kettle-2", "metadata": {"product": "kettle"}}])
+    scoped = root.search("gamma", "descale the kettle", filters={"product": ["kettle", "toaster"]})
+    assert [r["doc_id"] for r in scoped["results"]] == ["kettle-2"]
+    assert {c["doc_id"] for c in root.ask("gamma", "How often should I descale the kettle?", filters={"product": "fern"})["contexts"]} == {"fern"}
+    with pytest.raises(CiteloopError) as caught:
+        root.search("gamma", "kettle", filters={"product": {"nested": 1}})
+    assert caught.value.status == 422 and "filters" in caught.value.message
+
     assert delete_collection("gamma", services.settings)
     for call in (
         lambda: root.search("gamma", "kettle"),

@@ -77,7 +77,7 @@ def test_split_and_shape_select_and_group_rows(tmp_path):
         answer, abstained, abstain_reason, draft, extractive, citations, contexts = "I don't know.", True, "model_declined", "", False, [], []
         timings_ms, models = {"total": 5.0}, {"generator": "g@1"}
 
-    report = evaluate_qa(heldout, lambda _question: Refusal())
+    report = evaluate_qa(heldout, lambda _question, filters: Refusal())
     assert set(report["by_shape"]) == {"factoid", "procedural", "unanswerable"}
     assert report["by_shape"]["factoid"]["decline_rate_answerable"] == 1.0
     assert report["by_shape"]["unanswerable"]["refusal_rate_unanswerable"] == 1.0

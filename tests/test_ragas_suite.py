@@ -76,7 +76,7 @@ def releases(sqlite_settings):
     from retrieval.readers import SourceDocument
 
     documents = [
-        SourceDocument(f"release-{i}", f"release-{i}.txt", f"Release {i}", f"Release {i} of the parser reads configuration files written in {fmt}.", {})
+        SourceDocument(f"release-{i}", f"release-{i}.txt", f"Release {i}", f"Release {i} of the parser reads configuration files written in {fmt}.", {"release": i})
         for i, fmt in enumerate(["TOML", "YAML", "JSON"])
     ]
     ingest(documents, "releases", sqlite_settings)
@@ -103,6 +103,10 @@ def test_reading_reference_contexts_names_the_line(tmp_path):
     with pytest.raises(QuestionsFormatError, match=r"q.jsonl:2: 'reference_contexts' must be a list of strings"):
         load_questions(path)
     assert load_questions(path, limit=1)[0].reference_contexts == ["P"]
+    path.write_text(json.dumps({"user_input": "Q?", "filters": {"product": "kettle", "lang": ["en", "de"]}}) + "\n" + json.dumps({"user_input": "Q?", "filters": {"product": {"x": 1}}}) + "\n")
+    with pytest.raises(QuestionsFormatError, match=r"q.jsonl:2: 'filters' must map metadata keys to a value or a list of values"):
+        load_questions(path)
+    assert load_questions(path, limit=1)[0].filters == {"product": "kettle", "lang": ["en", "de"]}
 
 
 @pytest.mark.slow
@@ -111,6 +115,8 @@ def test_eval_qa_with_ragas_writes_each_metric_its_failures_and_per_row_values(r
     questions.write_text("\n".join(json.dumps(r) for r in [
         {"id": "1", "user_input": "Which format does release 1 read?", "reference": "YAML", "reference_doc_ids": ["release-1"]},
         {"id": "2", "user_input": "Which format does release 7 read?"},
+        # scoped to another release's documents: its answer and its stage rankings come from those alone
+        {"id": "3", "user_input": "Which format does release 1 read?", "reference": "YAML", "reference_doc_ids": ["release-1"], "filters": {"release": [0, 2]}},
     ]) + "\n")
     out = tmp_path / "report.json"
     env = dict(os.environ, CITELOOP_DATA_DIR=str(releases.data_dir), CITELOOP_GENERATOR="smollm2-135m", CITELOOP_MAX_NEW_TOKENS="24")
@@ -129,7 +135,8 @@ def test_eval_qa_with_ragas_writes_each_metric_its_failures_and_per_row_values(r
     report = json.loads(out.read_text())
     names = {m.name for m in non_llm_metrics()}
     assert names <= set(report["metrics"]) and set(report["failures"]) == names and "ragas failures" in done.stdout
-    first, second = report["rows"]
+    first, second, scoped = report["rows"]
+    assert set(scoped["context_doc_ids"]) <= {"release-0", "release-2"} and scoped["id_based_context_recall"] == 0.0
     assert first["reference_contexts"] == ["Release 1 of the parser reads configuration files written in YAML."]
     assert first["id_based_context_recall"] == 1.0  # the gold document is retrieved among 3
     assert all(first[name] is not None for name in names) and all(second[name] is None for name in names)
@@ -140,6 +147,7 @@ def test_eval_qa_with_ragas_writes_each_metric_its_failures_and_per_row_values(r
     with session_scope(releases) as session:
         run = get_run(session, report["run_id"])
     assert run.collection == "releases" and run.metrics == report["metrics"] and run.models["generator"].startswith("smollm2-135m@")
-    assert run.config["ragas"] is True and run.config["settings"]["generator"] == "smollm2-135m" and len(run.rows) == 2
+    assert run.config["ragas"] is True and run.config["settings"]["generator"] == "smollm2-135m" and len(run.rows) == 3
     stages = run.metrics["retrieval_stages"]
-    assert list(stages) == ["bm25", "dense", "hybrid"] and stages["hybrid"]["queries"] == 1  # the question with a reference document
+    assert list(stages) == ["bm25", "dense", "hybrid"] and stages["hybrid"]["queries"] == 2  # the questions with a reference document
+    assert stages["dense"]["recall@100"] == 0.5  # the scoped question's reference document is outside its filter

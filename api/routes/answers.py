@@ -37,7 +37,7 @@ async def ask(body: AskRequest, caller: Reader, services: ServicesDep) -> Respon
     if body.stream:
         return AnswerEventStream(_answer_events(services, pipeline, body, caller), headers={"Cache-Control": "no-cache"})
     async with services.generation_queue:
-        events = pipeline.stream(body.question, body.top_k)
+        events = pipeline.stream(body.question, body.top_k, filters=body.filters)
         try:
             event = await run_in_threadpool(next, events)
             while not isinstance(event, DoneEvent):
@@ -51,7 +51,7 @@ async def ask(body: AskRequest, caller: Reader, services: ServicesDep) -> Respon
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
 def search(body: SearchRequest, caller: Reader, services: ServicesDep) -> SearchResponse:
     reach(caller, body.collection)
-    found = services.search(body.collection).search(body.query, k=body.k)
+    found = services.search(body.collection).search(body.query, k=body.k, filters=body.filters)
     hits = found.hits[: body.k]
     with session_scope(services.settings) as session:
         record = save_search(session, body.collection, body.query, hits, {"reranker": found.reranker}, caller.name)
@@ -90,7 +90,7 @@ class AnswerEventStream(StreamingResponse):
 async def _answer_events(services: Services, pipeline: AnswerPipeline, body: AskRequest, caller: Principal) -> AsyncIterator[str]:
     """The answer's events as SSE text, generated while this ask holds the generation queue."""
     async with services.generation_queue:
-        events: Iterator = pipeline.stream(body.question, body.top_k)
+        events: Iterator = pipeline.stream(body.question, body.top_k, filters=body.filters)
         try:
             event = await run_in_threadpool(next, events)
             while True:
