@@ -41,7 +41,7 @@ def _write_json(path: Path, report: dict) -> None:
 @eval_app.command("qa")
 @reports_errors(ValueError, RuntimeError)
 def eval_qa(
-    questions: Annotated[Path, typer.Argument(help="JSONL rows {id, user_input, reference?, reference_answers?, reference_doc_ids?}.")],
+    questions: Annotated[Path, typer.Argument(help="Rows {id, user_input, reference?, reference_answers?, reference_doc_ids?, reference_contexts?, filters?}: JSONL (ragas' EvaluationDataset.to_jsonl), Parquet, or a Hugging Face dataset folder (save_to_disk).")],
     collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Answer from this collection.")] = None,
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Or a BEIR directory, ingested once into an eval collection.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="N questions only.")] = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,13 +42,35 @@ class QuestionRow:
         return bool(self.references)
 
 
-def load_questions(path: Path, limit: int | None = None, offset: int = 0, split: str | None = None) -> list[QuestionRow]:
-    """The rows of a JSONL file; `split`: only rows whose "split" field is that (offset and limit count those)."""
+def _records(path: Path, split: str | None) -> tuple[Iterable[tuple[int, object]], str | None]:
+    """(row number, record) of a JSONL file (ragas' EvaluationDataset.to_jsonl writes one), a Parquet file, or a
+    Hugging Face dataset saved with `save_to_disk` (a DatasetDict's split chosen by `split`); and the split rows'
+    own "split" field must match (None once `split` chose a dataset's split)."""
+    if path.suffix == ".parquet" or path.is_dir():
+        from datasets import Dataset, DatasetDict, load_from_disk
+
+        try:
+            data = Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else load_from_disk(str(path))
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            kind = "a Parquet file" if path.suffix == ".parquet" else "a Hugging Face dataset saved with save_to_disk"
+            raise QuestionsFormatError(f"{path}: not {kind} ({exc})") from None
+        if isinstance(data, DatasetDict):
+            if split not in data:
+                raise QuestionsFormatError(f"{path}: a dataset with splits {', '.join(data)}: choose one with --split")
+            data, split = data[split], None
+        return enumerate(data.to_list(), start=1), split
     if not path.is_file():
         raise QuestionsFormatError(f"{path}: no such file")
+    return json_lines(path, QuestionsFormatError), split
+
+
+def load_questions(path: Path, limit: int | None = None, offset: int = 0, split: str | None = None) -> list[QuestionRow]:
+    """The rows of a JSONL file, a Parquet file or a saved Hugging Face dataset; `split`: only rows whose "split"
+    field is that (offset and limit count those), or a saved DatasetDict's split of that name."""
+    records, split = _records(path, split)
     rows: list[QuestionRow] = []
     seen = 0
-    for lineno, raw in json_lines(path, QuestionsFormatError):
+    for lineno, raw in records:
         if split is not None and isinstance(raw, dict) and raw.get("split") != split:
             continue
         seen += 1
@@ -63,6 +85,8 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
         if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
             raise QuestionsFormatError(f"{path}:{lineno}: 'reference_contexts' must be a list of strings")
         filters = raw.get("filters") or {}
+        if isinstance(filters, dict):  # a columnar file gives every row each key of any row's filters, unset ones None
+            filters = {key: value for key, value in filters.items() if value is not None}
         if not isinstance(filters, dict) or not all(_filter_value(v) for v in filters.values()):
             raise QuestionsFormatError(f"{path}:{lineno}: 'filters' must map metadata keys to a value or a list of values")
         rows.append(

@@ -151,3 +151,27 @@ def test_eval_qa_with_ragas_writes_each_metric_its_failures_and_per_row_values(r
     stages = run.metrics["retrieval_stages"]
     assert list(stages) == ["bm25", "dense", "hybrid"] and stages["hybrid"]["queries"] == 2  # the questions with a reference document
     assert stages["dense"]["recall@100"] == 0.5  # the scoped question's reference document is outside its filter
+
+
+def test_questions_are_read_from_saved_datasets_and_parquet(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from eval.qa import QuestionsFormatError, load_questions
+
+    rows = [
+        {"id": "a", "user_input": "What does release 1 read?", "reference": "YAML", "reference_contexts": ["Release 1 reads YAML."], "filters": {"release": 1}},
+        {"id": "b", "user_input": "Who won in 1966?", "reference": None, "reference_contexts": [], "filters": {"lang": "en"}},
+    ]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "q.parquet"))
+    DatasetDict({"dev": Dataset.from_list(rows[:1]), "test": Dataset.from_list(rows[1:])}).save_to_disk(str(tmp_path / "saved"))
+    from_parquet = load_questions(tmp_path / "q.parquet")
+    assert [(q.id, q.references, q.reference_contexts, q.filters) for q in from_parquet] == [
+        ("a", ["YAML"], ["Release 1 reads YAML."], {"release": 1}),  # the columnar file's other filter key, unset here, is dropped
+        ("b", [], [], {"lang": "en"}),
+    ]
+    assert [q.id for q in load_questions(tmp_path / "saved", split="test")] == ["b"]
+    with pytest.raises(QuestionsFormatError, match="a dataset with splits dev, test: choose one with --split"):
+        load_questions(tmp_path / "saved")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QuestionsFormatError, match="empty: not a Hugging Face dataset saved with save_to_disk"):
+        load_questions(tmp_path / "empty")
