@@ -297,6 +297,8 @@ class GateDecision:
     ci_low: float | None = None
     ci_high: float | None = None
     confidence: float | None = None
+    # The stored evaluation runs the decision was made on (eval_runs ids), where the gate answered questions.
+    runs: dict[str, str] | None = None
 
 
 def paired_bootstrap(candidate: dict[str, float], baseline: dict[str, float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

@@ -99,7 +99,11 @@ def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settin
 
 
 def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None) -> GateDecision:
-    """The candidate against what serves the collection now, on the version's evaluation questions."""
+    """The candidate against what serves the collection now, on the version's evaluation questions; both
+    evaluations are stored as eval runs (`eval compare`, `eval report` read them), and the decision names them."""
+    from citeloop.db import session_scope
+    from eval.runs import save_run
+
     rows = [QuestionRow(**row) for row in version.params["eval"]["questions"]]
     # What serves now: the active adapter, or the base where there is none or it cannot serve (ActiveGenerator).
     serving = pipeline.generators.run().version_id
@@ -107,7 +111,14 @@ def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None)
     baseline = evaluate_qa(rows, pipeline.answer, on_row)
     candidate = evaluate_qa(rows, lambda q, filters: pipeline.answer(q, generator=version, filters=filters), on_row)
     decision = qa_gate_decision(candidate, baseline, baseline_name, settings)
-    return replace(decision, reason=f"{len(rows)} held-out questions: {decision.reason}")
+    questions = f"gate questions of {version.id}"
+    with session_scope(settings) as session:
+        runs = {
+            name: save_run(session, version.collection, questions, rows, report, {"gate": version.id, "answered_by": who}, f"gate:{version.id}").id
+            for name, report, who in (("baseline", baseline, baseline_name), ("candidate", candidate, version.id))
+        }
+    reason = f"{len(rows)} held-out questions (eval compare {runs['baseline']} {runs['candidate']}): {decision.reason}"
+    return replace(decision, reason=reason, runs=runs)
 
 
 def run_generator_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:

@@ -97,6 +97,15 @@ def test_a_generator_job_trains_gates_and_refuses_an_adapter_that_declines_answe
     gate = version.metrics["gate"]
     # Trained to refuse, the adapter declines the held-out answerable questions the base generator answers.
     assert not gate["passed"] and "decline rate on answerable questions rose" in gate["reason"], gate
+    # Both evaluations are kept in the run history, answered by the base and by the candidate.
+    from citeloop.db import session_scope
+    from eval.runs import get_run
+
+    with session_scope(settings) as session:
+        base_run, candidate_run = (get_run(session, gate["runs"][name]) for name in ("baseline", "candidate"))
+    assert base_run.questions_sha256 == candidate_run.questions_sha256 and candidate_run.created_by == f"gate:{version.id}"
+    assert candidate_run.config["answered_by"] == version.id and "+lora@" in candidate_run.models["generator"]
+    assert candidate_run.metrics["decline_rate_answerable"] == gate["candidate"]["decline_rate_answerable"]
     assert job["result"]["promoted"] is False and active_version("releases", "generator", settings) is None
 
 
