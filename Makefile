@@ -33,7 +33,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install run ingest-demo serve test bench cmake-args clean
 
-install: $(STAMP) $(CHROMIUM)
+install: $(STAMP)
 
 $(CHROMIUM):
 	$(SUDO) apt-get install -y -q --no-install-recommends chromium || \
@@ -68,7 +68,7 @@ run: ingest-demo
 	@# Training jobs run in a worker process beside the server (huey's queue); it stops with the server.
 	$(VENV)/bin/citeloop worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT; $(VENV)/bin/citeloop serve --workers $(WORKERS)
 
-test: install
+test: install $(CHROMIUM)
 	$(PY) -m pytest -q -ra
 
 bench: install

@@ -73,10 +73,13 @@ def eval_qa(
         from eval.retrieval import check_stages
 
         check_stages(stage_names)
+    if baseline and not report_out:
+        fail("--baseline is what the report compares against: give --report OUT.html too")
     baseline_run = _stored_run(baseline) if baseline else None
-    ragas = ragas or judge is not None
-    judged = _judged_metrics(judge, judge_model, judge_metrics) if judge else []  # a judge that cannot load fails before answering
     asked = load_questions(questions, limit, offset, split)
+    ragas = ragas or judge is not None
+    # A judge that cannot load, or a judge server that does not answer, fails before anything is answered.
+    judged, judge_id = _judged_metrics(judge, judge_model, judge_metrics) if judge is not None else ([], None)
     name = collection or ensure_eval_collection(corpus, show_progress=True)
     if stage_names:  # before answering: a stage that cannot run (no active reranker) fails fast
         from eval.retrieval import rank_questions
@@ -115,8 +118,8 @@ def eval_qa(
     from citeloop.db import session_scope
     from eval.runs import save_run, unsaved_run
 
-    judge_config = {"judge": judge, "judge_model": judge_model or (None if judge != "local" else get_settings().generator), "judge_metrics": [m.name for m in judged]}
-    config = {"limit": limit, "offset": offset, "split": split, "ragas": ragas, **(judge_config if judge else {}), "settings": get_settings().model_dump(include=ANSWER_SETTINGS)}
+    judge_config = {"judge": judge, "judge_model": judge_id, "judge_metrics": [m.name for m in judged]}
+    config = {"limit": limit, "offset": offset, "split": split, "ragas": ragas, **(judge_config if judge is not None else {}), "settings": get_settings().model_dump(include=ANSWER_SETTINGS)}
     from sqlalchemy.exc import SQLAlchemyError
 
     try:  # the file's rows as read: a --ragas run and a plain one of the same questions share a digest
@@ -134,22 +137,25 @@ def eval_qa(
 
 
 def _judge_llm(judge: str, model: str | None):
+    """(ragas LLM, the judge's id: a local model's name@digest, or model@URL)."""
     from eval.judge import local_judge, remote_judge
 
     if judge == "local":
-        return local_judge(model)
+        llm = local_judge(model)
+        return llm, llm.model_id
     if judge.startswith(("http://", "https://")):
         if not model:
             fail("--judge URL needs --judge-model NAME (the model the server serves)")
-        return remote_judge(judge, model)
+        return remote_judge(judge, model), f"{model}@{judge}"
     fail(f"--judge must be 'local' or an http(s) URL of an OpenAI-compatible server, not '{judge}'")
 
 
-def _judged_metrics(judge: str, model: str | None, names: str) -> list:
-    from eval.judge import JUDGE_METRICS, judge_metrics, minilm_embeddings
+def _judged_metrics(judge: str, model: str | None, names: str) -> tuple[list, str]:
+    from eval.judge import check_metric_names, judge_metrics, minilm_embeddings
 
-    chosen = tuple(n.strip() for n in names.split(",") if n.strip()) or JUDGE_METRICS
-    return judge_metrics(_judge_llm(judge, model), minilm_embeddings(), chosen)
+    chosen = check_metric_names(tuple(dict.fromkeys(n.strip() for n in names.split(",") if n.strip())))
+    llm, judge_id = _judge_llm(judge, model)
+    return judge_metrics(llm, minilm_embeddings(), chosen), judge_id
 
 
 def _print_stages(stages: dict[str, dict], title: str) -> None:
@@ -180,9 +186,6 @@ def _write_report(path: Path, run, baseline, by_shape: dict | None = None, not_a
 def eval_retrieval(
     directory: Annotated[Path, typer.Argument(help="BEIR directory: corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv.")],
     split: Annotated[str, typer.Option("--split", help="Which qrels file to score.")] = "test",
-    judge: Annotated[Optional[str], typer.Option("--judge", help="Also ragas' LLM-judged metrics (implies --ragas): 'local' (a local GGUF generator in-process) or an OpenAI-compatible server's URL ending in /v1.")] = None,
-    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="The judge: a local generator's name or GGUF (default: the configured generator), or the server's model name (needed with a URL).")] = None,
-    judge_metrics: Annotated[str, typer.Option("--judge-metrics", help="Comma-separated judged metrics (default: all of faithfulness, answer_relevancy, llm_context_precision_with_reference, context_recall, factual_correctness).")] = "",
     stages: Annotated[str, typer.Option("--stages", help="Comma-separated: bm25,dense,hybrid,rerank.")] = "bm25,dense,hybrid",
     reranker: Annotated[str, typer.Option("--reranker", help="Version id for the rerank stage, or 'active'.")] = "active",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
@@ -350,24 +353,28 @@ def eval_judge(
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="A local generator's name or GGUF (default: the configured generator), or the server's model name.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=4, help="Judge N claims (a seeded random sample).")] = None,
     labelled: Annotated[float, typer.Option("--labelled", min=0.01, max=0.9, help="Share of the claims whose expert label calibration may use.")] = 0.3,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Random draws of the labelled claims the coverage is counted over.")] = 1000,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Samples of labelled and unlabelled claims (with replacement) the coverage is counted over.")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """How far the judge can be trusted: its ragas faithfulness of ExpertQA claims by their cited passages against
     the experts' support labels (accuracy, Cohen's kappa, failures), and the support rate calibrated by a share of
     the expert labels (prediction-powered inference), with how often its 95% interval covers the experts' rate."""
-    from eval.expertqa import run_expertqa_judge
+    from eval.expertqa import FILES, run_expertqa_judge
 
-    llm = _judge_llm(judge, judge_model)
-    report = run_expertqa_judge(expertqa, llm, limit, labelled, repeats, seed, log=lambda line: console.print(f"[dim]{line}[/]"))
+    missing = [name for name in FILES if not (expertqa / name).is_file()]
+    if missing:
+        fail(f"{expertqa}: no {', '.join(missing)} (an ExpertQA lfqa folder)")
+    llm, judge_id = _judge_llm(judge, judge_model)
+    report = run_expertqa_judge(expertqa, llm, judge_id, limit, labelled, repeats, seed, log=lambda line: console.print(f"[dim]{line}[/]"))
     a, c, cov = report["agreement"], report["calibrated"], report["coverage"]
     console.print(
         f"{report['scored']} of {report['claims']} claims judged ({report['failures']} failures, {report['judge_seconds']} s); "
         f"accuracy {a['accuracy']:.4f}, Cohen's kappa {_figure(None if a['cohen_kappa'] is None else round(a['cohen_kappa'], 4))}; "
         f"experts' support rate {report['expert_support_rate']}, judge's mean {report['judge_mean_faithfulness']}, "
         f"calibrated {c['estimate']:.4f} (95% CI {c['ci95'][0]:.4f} .. {c['ci95'][1]:.4f}; labels alone {c['classical']['ci95'][0]:.4f} .. {c['classical']['ci95'][1]:.4f}); "
-        f"coverage over {cov['repeats']} draws of {cov['labelled']} labelled claims: {cov['ppi']} (labels alone {cov['classical']})",
+        f"coverage over {cov['repeats']} samples of {cov['labelled']} labelled and {cov['unlabelled']} unlabelled claims: {cov['ppi']} "
+        f"(mean width {cov['mean_width_ppi']}; labels alone {cov['classical']}, width {cov['mean_width_classical']})",
         markup=False,
     )
     if json_out:
@@ -411,6 +418,8 @@ def eval_compare(
         comparison = compare_runs(get_run(session, run_a), get_run(session, run_b))
     if not comparison["same_questions"]:
         console.print(f"[yellow]the runs answered different question sets: {comparison['shared_questions']} questions in common[/]")
+    if not comparison["same_judge"]:
+        console.print(f"[yellow]different judges scored the runs ({run_a}: {_figure(comparison['a']['judge'])}, {run_b}: {_figure(comparison['b']['judge'])}): judged metrics do not compare[/]")
     table = Table("metric", run_a, run_b, "B - A", "paired 95% CI (questions)")
     for name, m in comparison["metrics"].items():
         ci = f"{m['ci95'][0]:+.4f} .. {m['ci95'][1]:+.4f} ({m['paired_questions']})" if "ci95" in m else "-"
@@ -436,7 +445,12 @@ def eval_calibrate(
     from eval.calibration import calibrate_run, read_labels
 
     run = _stored_run(run_id)
-    calibrated = calibrate_run(run.rows, set(run.failures), read_labels(labels))
+    curated = read_labels(labels)
+    calibrated = calibrate_run(run.rows, set(run.failures), curated)
+    questions = {str(r["id"]) for r in run.rows}
+    for metric, by_id in curated.items():
+        if unmatched := sorted(set(by_id) - questions):
+            console.print(f"{len(unmatched)} {metric} label(s) name no question of {run_id}, e.g. {', '.join(unmatched[:3])}", style="yellow", markup=False)
     table = Table("metric", "judge", "calibrated", "95% CI", "labels alone", "labelled", "accuracy", "Cohen's kappa", title=f"{run_id}: calibrated by {labels.name}")
     for metric, c in calibrated.items():
         if c is None:

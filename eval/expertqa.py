@@ -313,17 +313,13 @@ def run_expertqa_dpo(
 
 
 def run_expertqa_judge(
-    directory: Path, judge, limit: int | None, labelled_share: float, repeats: int, seed: int, log: Callable[[str], None] = print
+    directory: Path, judge, judge_id: str, limit: int | None, labelled_share: float, repeats: int, seed: int, log: Callable[[str], None] = print
 ) -> dict:
-    """The judge's ragas `faithfulness` of each expert-judged claim by the passages it cites, against the
-    experts' support labels: agreement (accuracy, Cohen's kappa; a claim counts as supported by the judge at a score
-    >= 0.5), and prediction-powered calibration: with a random `labelled_share` of the claims' expert labels known,
-    the calibrated support rate and its 95% interval, and over `repeats` random draws of the labelled claims, how
-    often that interval (and the labels' own) covers the experts' rate over all judged claims."""
+    """The judge's ragas `faithfulness` of each expert-judged claim by the passages it cites (a seeded sample of
+    `limit` claims), against the experts' support labels: `judge_agreement`."""
     import random
     import time
 
-    from eval.calibration import agreement, calibrate_rows
     from eval.judge import judge_metrics
     from eval.ragas_suite import add_ragas_metrics
 
@@ -344,7 +340,33 @@ def run_expertqa_judge(
             log(f"judged {done} of {len(rows)} claims ({time.monotonic() - started:.0f} s)")
 
     report = add_ragas_metrics({"metrics": {}, "rows": rows}, judge_metrics(judge, None, ("faithfulness",)), judge=True, on_row=judged_one)
-    seconds = time.monotonic() - started
+    return {
+        "data": str(directory),
+        "judge": judge_id,
+        "claims": len(rows),
+        "failures": report["failures"]["faithfulness"],
+        "failure_rate": round(report["failures"]["faithfulness"] / len(rows), 4),
+        "failure_example": report["failure_examples"].get("faithfulness"),
+        "judge_seconds": round(time.monotonic() - started, 1),
+        "expert_support_rate_all_claims": round(sum(r["expert"] for r in rows) / len(rows), 4),
+    } | judge_agreement(rows, labelled_share, repeats, seed) | {
+        "rows": [{k: r[k] for k in ("id", "question", "answer", "expert", "faithfulness")} for r in rows],
+    }
+
+
+def judge_agreement(rows: list[dict], labelled_share: float, repeats: int, seed: int) -> dict:
+    """Rows with the judge's `faithfulness` (None: failed) and the expert's label (`expert`, 0/1), over the claims
+    the judge scored: agreement (accuracy, Cohen's kappa; supported by the judge at a score >= 0.5); the support
+    rate calibrated by a random `labelled_share` of the expert labels (prediction-powered inference), as a curator
+    labelling that share would have it; and coverage: over `repeats` fresh samples of as many labelled and
+    unlabelled claims, drawn with replacement from the scored claims (whose experts' support rate is then the
+    population's), how often the calibrated 95% interval, and the labels' own, hold that rate, and their mean widths."""
+    import random
+
+    import numpy as np
+
+    from eval.calibration import agreement, calibrate_rows, calibrated_mean
+
     scored = [r for r in rows if r["faithfulness"] is not None]
     if len(scored) < 4:
         raise ValueError(f"the judge scored {len(scored)} of {len(rows)} claims: too few to measure agreement")
@@ -353,26 +375,26 @@ def run_expertqa_judge(
     if labelled >= len(scored):
         raise ValueError(f"--labelled {labelled_share} leaves no unlabelled claims of {len(scored)}")
     draws = random.Random(seed + 1)
-    calibrated, covered, covered_classical = None, 0, 0
+    calibrated = calibrate_rows(scored, "faithfulness", {r["id"]: r["expert"] for r in draws.sample(scored, labelled)})
+    covered, covered_classical, widths, widths_classical = 0, 0, [], []
     for _ in range(repeats):
-        labels = {r["id"]: r["expert"] for r in draws.sample(scored, labelled)}
-        result = calibrate_rows(scored, "faithfulness", labels)
-        calibrated = calibrated or result
-        covered += result["ci95"][0] <= truth <= result["ci95"][1]
-        covered_classical += result["classical"]["ci95"][0] <= truth <= result["classical"]["ci95"][1]
+        sample = draws.choices(scored, k=len(scored))
+        known, rest = sample[:labelled], sample[labelled:]
+        result = calibrated_mean([r["faithfulness"] for r in rest], [r["faithfulness"] for r in known], [r["expert"] for r in known])
+        (low, high), (c_low, c_high) = result["ci95"], result["classical"]["ci95"]
+        covered += low <= truth <= high
+        covered_classical += c_low <= truth <= c_high
+        widths.append(high - low)
+        widths_classical.append(c_high - c_low)
     return {
-        "data": str(directory),
-        "judge": getattr(judge, "model_id", None) or type(judge).__name__,
-        "claims": len(rows),
         "scored": len(scored),
-        "failures": report["failures"]["faithfulness"],
-        "failure_rate": round(report["failures"]["faithfulness"] / len(rows), 4),
-        "failure_example": report["failure_examples"].get("faithfulness"),
-        "judge_seconds": round(seconds, 1),
-        "expert_support_rate": round(truth, 4),
+        "expert_support_rate": round(truth, 4),  # over the scored claims: the rate calibration estimates
         "judge_mean_faithfulness": round(sum(r["faithfulness"] for r in scored) / len(scored), 4),
         "agreement": agreement([r["faithfulness"] for r in scored], [r["expert"] for r in scored]),
         "calibrated": calibrated,
-        "coverage": {"repeats": repeats, "labelled": labelled, "ppi": round(covered / repeats, 4), "classical": round(covered_classical / repeats, 4)},
-        "rows": [{k: r[k] for k in ("id", "question", "answer", "expert", "faithfulness")} for r in rows],
+        "coverage": {
+            "repeats": repeats, "labelled": labelled, "unlabelled": len(scored) - labelled,
+            "ppi": round(covered / repeats, 4), "classical": round(covered_classical / repeats, 4),
+            "mean_width_ppi": round(float(np.mean(widths)), 4), "mean_width_classical": round(float(np.mean(widths_classical)), 4),
+        },
     }

@@ -2,7 +2,8 @@
 any OpenAI-compatible server (vLLM, llama.cpp's server, Ollama) at a URL.
 
 The local judge decodes greedily and under a grammar: each ragas prompt states the JSON schema of its answer,
-and llama.cpp is constrained to that schema, so a small model's reply parses. The metrics are ragas' own, with
+and llama.cpp is constrained to that schema, so a small model's reply parses. Each call has its own time limit,
+counted from when it gets the model (calls queue for one llama.cpp context). The metrics are ragas' own, with
 citeloop's MiniLM as the embeddings `ResponseRelevancy` compares questions with:
 `faithfulness`, `answer_relevancy`, `llm_context_precision_with_reference`, `context_recall`,
 `factual_correctness` (their ragas names).
@@ -29,7 +30,8 @@ RELEVANCY_QUESTIONS = 1
 
 
 # Lists in a judge's reply (statements, verdicts) are capped: a small model under a grammar can otherwise repeat
-# one item until max_tokens cuts the JSON short.
+# one item until max_tokens cuts the JSON short. The cap is a truncation: faithfulness judges an answer's first 12
+# statements, context recall a reference's first 12 sentences.
 MAX_LIST_ITEMS = 12
 
 
@@ -78,7 +80,7 @@ def local_judge(name: str | None = None, settings: Settings | None = None, max_t
     @dataclass
     class LocalJudge(_ragas_llm_base()):
         model_id: str = generator.model_id
-        run_config: RunConfig = field(default_factory=lambda: RunConfig(timeout=int(timeout_s) + 30, max_retries=JUDGE_RETRIES))
+        run_config: RunConfig = field(default_factory=lambda: RunConfig(max_retries=JUDGE_RETRIES))
 
         def generate_text(self, prompt, n=1, temperature=0.01, stop=None, callbacks=None) -> LLMResult:
             text = prompt.to_string()
@@ -111,6 +113,12 @@ def remote_judge(url: str, model: str, max_tokens: int = 1024, timeout_s: float 
 
     # JSON mode: ragas parses every reply as JSON; vLLM, llama.cpp's server and Ollama all honour it. The length
     # cap goes as OpenAI's newer max_completion_tokens and as max_tokens, the one llama.cpp's server reads.
+    import httpx
+
+    try:  # a server that does not answer is an error now, not a failure on every row after the answers
+        httpx.get(f"{url.rstrip('/')}/models", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ValueError(f"the judge at {url} does not answer GET {url.rstrip('/')}/models ({exc})") from None
     chat = ChatOpenAI(
         base_url=url, model=model, api_key="not-needed", temperature=0.0, max_tokens=max_tokens, timeout=timeout_s, max_retries=0,
         model_kwargs={"response_format": {"type": "json_object"}}, extra_body={"max_tokens": max_tokens},
@@ -119,7 +127,7 @@ def remote_judge(url: str, model: str, max_tokens: int = 1024, timeout_s: float 
         warnings.simplefilter("ignore", DeprecationWarning)
         from ragas.llms import LangchainLLMWrapper
 
-        return LangchainLLMWrapper(chat, run_config=RunConfig(timeout=int(timeout_s) + 30, max_retries=JUDGE_RETRIES))
+        return LangchainLLMWrapper(chat, run_config=RunConfig(max_retries=JUDGE_RETRIES))
 
 
 def minilm_embeddings(settings: Settings | None = None):
@@ -151,11 +159,17 @@ def minilm_embeddings(settings: Settings | None = None):
     return MiniLMEmbeddings()
 
 
+def check_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names`, or all judged metrics when empty; an unknown name is a ValueError listing the known ones."""
+    unknown = [n for n in names if n not in JUDGE_METRICS]
+    if unknown:
+        raise ValueError(f"unknown judge metric(s) {', '.join(unknown)}; available: {', '.join(JUDGE_METRICS)}")
+    return names or JUDGE_METRICS
+
+
 def judge_metrics(llm, embeddings, names: tuple[str, ...] = JUDGE_METRICS) -> list:
     """ragas' LLM-based metrics by name, judged by `llm`."""
-    unknown = [n for n in names if n not in JUDGE_METRICS]
-    if unknown or not names:
-        raise ValueError(f"unknown judge metric(s) {', '.join(unknown) or '(none)'}; available: {', '.join(JUDGE_METRICS)}")
+    names = check_metric_names(names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from ragas.metrics import FactualCorrectness, Faithfulness, LLMContextPrecisionWithReference, LLMContextRecall, ResponseRelevancy

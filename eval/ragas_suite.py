@@ -6,7 +6,8 @@ Without a judge, the metrics compare strings and ids: `non_llm_context_recall`,
 `non_llm_context_precision_with_reference`, `id_based_context_recall`, `id_based_context_precision` (document ids),
 `rouge_score`, `non_llm_string_similarity`, `exact_match`, `string_present`. With a judge (eval/judge.py), the
 LLM-based ones: `faithfulness`, `answer_relevancy`, `llm_context_precision_with_reference`, `context_recall`,
-`factual_correctness`; a declined answer states no claim to judge, so metrics of the response skip it.
+`factual_correctness`; a declined answer states no claim, so faithfulness skips it, and declining an unanswerable
+question is right, so no judged metric of the response scores that.
 
 A metric is not applicable to a row that lacks one of the columns it requires (an unanswerable question has no
 reference answer; a row without reference contexts no context recall by text; a generation error nothing): such
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from eval.qa import QuestionRow, normalize_answer, plain_text
 
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # ragas reports usage to its authors unless told not to
-METRIC_TIMEOUT_S = 600.0  # per row and metric: a local judge makes several calls for one row
+METRIC_TIMEOUT_S = 120.0  # per row and judge-free metric
 
 
 def non_llm_metrics() -> list:
@@ -74,16 +75,17 @@ def sample_of(row: dict):
 
 def _applicable(metric, sample, row: dict, judge: bool) -> bool:
     # An empty answer is still an answer (it scores low); a missing column (None) is not. A declined answer states
-    # no claim a judge could check.
+    # no claim whose faithfulness a judge could check, and declining an unanswerable question is right, not an
+    # irrelevant answer; a declined answerable question is judged (as irrelevant, not matching the reference).
     columns = metric.required_columns["SINGLE_TURN"]
-    if judge and "response" in columns and row.get("abstained"):
+    if judge and "response" in columns and row.get("abstained") and (metric.name == "faithfulness" or not row.get("answerable", True)):
         return False
     return sample is not None and all(getattr(sample, column, None) is not None for column in columns)
 
 
-async def _score(metric, sample) -> tuple[float | None, str | None]:
+async def _score(metric, sample, timeout: float | None) -> tuple[float | None, str | None]:
     try:
-        value = await metric.single_turn_ascore(sample, timeout=METRIC_TIMEOUT_S)
+        value = await metric.single_turn_ascore(sample, timeout=timeout)
     except Exception as exc:  # noqa: BLE001  (a metric's own failure is counted against it, the run goes on)
         return None, f"{type(exc).__name__}: {exc}"
     value = float(value) if value is not None else math.nan
@@ -93,7 +95,10 @@ async def _score(metric, sample) -> tuple[float | None, str | None]:
 async def _score_all(metrics: Sequence, samples: list, rows: list[dict], judge: bool, on_row) -> dict[str, list[tuple[float | None, str | None] | None]]:
     out: dict[str, list] = {}
     for metric in metrics:
-        jobs = [_score(metric, s) if _applicable(metric, s, row, judge) else None for s, row in zip(samples, rows)]
+        # A judge's calls are limited one by one (eval/judge.py): a limit on the row's several calls would fire while
+        # an abandoned call, which a thread cannot cancel, still holds the model.
+        timeout = None if judge else METRIC_TIMEOUT_S
+        jobs = [_score(metric, s, timeout) if _applicable(metric, s, row, judge) else None for s, row in zip(samples, rows)]
         if judge:  # one judge decodes one sequence at a time: rows queued together would only eat their timeouts
             results = []
             for job in jobs:
@@ -111,8 +116,8 @@ def add_ragas_metrics(report: dict, metrics: Sequence | None = None, judge: bool
     """The `eval qa` report with each metric's value per row (None where not applicable or failed), its mean under
     `metrics` (None when no row scored), and top-level `failures` / `not_applicable` counts per metric, plus
     `failure_examples`: one error message per failing metric (merged with those of metrics scored before).
-    `judge`: the metrics call a judge model: rows are scored one at a time (`on_row(metric name)` after each) and
-    declined answers are not applicable to metrics of the response."""
+    `judge`: the metrics call a judge model: rows are scored one at a time (`on_row(metric name)` after each), and
+    declined answers are not applicable to faithfulness, nor to any metric of the response on unanswerable questions."""
     metrics = list(metrics) if metrics is not None else non_llm_metrics()
     samples = [sample_of(row) for row in report["rows"]]
     scored = asyncio.run(_score_all(metrics, samples, report["rows"], judge, on_row))

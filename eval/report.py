@@ -21,6 +21,7 @@ COUNTS = ("n", "answerable", "unanswerable", "errors")
 # Metrics where lower is better (the cards colour a change by whether it helps).
 LOWER_IS_BETTER = {"decline_rate_answerable", "unsupported_citation_rate", "latency_p50_ms", "latency_p95_ms", "first_token_p50_ms", "errors"}
 WORST_QUESTIONS = 10
+ROW_DEFAULTS = {"shape": None, "references": [], "error": None, "answer": "", "abstained": False, "abstain_reason": None, "citations": []}
 CONTEXT_CHARS = 600  # of each retrieved context shown beside a worst question
 
 TEMPLATE = """<!doctype html>
@@ -43,7 +44,7 @@ th { background: #f1f4f9; } td.num { text-align: right; font-variant-numeric: ta
 <div class="meta">{{ run.questions }} on collection <b>{{ run.collection }}</b>{% if created %} · {{ created }}{% endif %}
  · {% for k, v in run.models.items() %}{{ k }}: {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}</div>
 <div class="meta">{% for k in counts %}{{ k }} {{ run.metrics.get(k) }}{% if not loop.last %} · {% endif %}{% endfor %}
-{% if baseline %} · compared against <b>{{ baseline.id }}</b>{% if not comparison.same_questions %} (different question sets: {{ comparison.shared_questions }} in common){% endif %}{% endif %}</div>
+{% if baseline %} · compared against <b>{{ baseline.id }}</b>{% if not comparison.same_questions %} (different question sets: {{ comparison.shared_questions }} in common){% endif %}{% if not comparison.same_judge %} (scored by different judges: judged metrics do not compare){% endif %}{% endif %}</div>
 
 <h2>Summary</h2>
 <div class="cards" id="summary">
@@ -126,11 +127,14 @@ def _summary_cards(run: EvalRunInfo, comparison: dict | None, not_applicable: di
                 "failures": run.failures.get(name), "not_applicable": not_applicable.get(name)}
         against = (comparison or {}).get("metrics", {}).get(name)
         if against:
-            change = against["difference"]
-            card["delta"] = f"{change:+.4f}"
+            # Where the metric has a value per question, the change shown is the paired one (over the questions
+            # both runs scored), the quantity its interval is of.
+            paired = "ci95" in against
+            change = against["mean_paired_difference"] if paired else against["difference"]
+            card["delta"] = f"{change:+.4f}" + (f" paired over {against['paired_questions']} questions" if paired else "")
             if change:
                 card["direction"] = "better" if (change < 0) == (name in LOWER_IS_BETTER) else "worse"
-            if "ci95" in against:
+            if paired:
                 card["ci"] = f"{against['ci95'][0]:+.4f} .. {against['ci95'][1]:+.4f}"
         cards.append(card)
     return cards
@@ -172,9 +176,9 @@ def _before_after(comparison: dict, baseline_id: str, run_id: str) -> str:
     names = [n for n, m in comparison["metrics"].items() if n not in COUNTS and isinstance(m["a"], (int, float)) and 0 <= m["a"] <= 1 and 0 <= m["b"] <= 1]
     a = [comparison["metrics"][n]["a"] for n in names]
     b = [comparison["metrics"][n]["b"] for n in names]
-    # The interval is of the paired difference, drawn around the candidate's value.
-    low = [m["difference"] - m["ci95"][0] if "ci95" in m else 0 for m in (comparison["metrics"][n] for n in names)]
-    high = [m["ci95"][1] - m["difference"] if "ci95" in m else 0 for m in (comparison["metrics"][n] for n in names)]
+    # The paired difference's interval, as distances from the paired difference, drawn around the candidate's value.
+    low = [max(0.0, m["mean_paired_difference"] - m["ci95"][0]) if "ci95" in m else 0 for m in (comparison["metrics"][n] for n in names)]
+    high = [max(0.0, m["ci95"][1] - m["mean_paired_difference"]) if "ci95" in m else 0 for m in (comparison["metrics"][n] for n in names)]
     figure = go.Figure([
         go.Bar(name=baseline_id, x=names, y=a),
         go.Bar(name=run_id, x=names, y=b, error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low}),
@@ -198,7 +202,8 @@ def worst_rows(run: EvalRunInfo, limit: int = WORST_QUESTIONS) -> list[dict]:
 
     chosen = sorted((r for r in run.rows if badness(r)[0] < 3), key=badness)[:limit]
     out = []
-    for row in chosen:
+    for stored in chosen:
+        row = ROW_DEFAULTS | stored  # rows a caller stored by hand may lack fields eval qa writes
         texts = row.get("retrieved_contexts") or []
         doc_ids = row.get("context_doc_ids") or []
         gold = set(row.get("reference_doc_ids") or [])

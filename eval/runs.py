@@ -126,9 +126,11 @@ def compare_runs(a: EvalRunInfo, b: EvalRunInfo) -> dict:
         key=lambda q: -abs(rows_b[q]["answer_f1"] - rows_a[q]["answer_f1"]),
     )
     return {
-        "a": {"id": a.id, "models": a.models, "questions_sha256": a.questions_sha256},
-        "b": {"id": b.id, "models": b.models, "questions_sha256": b.questions_sha256},
+        "a": {"id": a.id, "models": a.models, "questions_sha256": a.questions_sha256, "judge": a.config.get("judge_model")},
+        "b": {"id": b.id, "models": b.models, "questions_sha256": b.questions_sha256, "judge": b.config.get("judge_model")},
         "same_questions": a.questions_sha256 == b.questions_sha256,
+        # Judged metrics of two runs compare only when one judge scored both.
+        "same_judge": a.config.get("judge_model") == b.config.get("judge_model"),
         "shared_questions": len(shared),
         "metrics": metrics,
         "changed_most": [

@@ -133,9 +133,9 @@ class LlamaCppGenerator:
 
     def stream(self, messages: list[dict[str, str]], params: SamplingParams, response_format: dict | None = None) -> Iterator[str]:
         """The reply as it is decoded; `response_format` {"type": "json_object", "schema"?: ...} constrains it by a
-        grammar to JSON (of that schema)."""
-        deadline = time.monotonic() + params.timeout_s
+        grammar to JSON (of that schema). The time limit counts from when this call gets the model."""
         with self._lock:
+            deadline = time.monotonic() + params.timeout_s
             chunks = self.llm.create_chat_completion(
                 messages=messages,
                 stream=True,

@@ -120,3 +120,28 @@ def test_judged_claims_carry_the_experts_support_label_and_their_passages(tmp_pa
     judged = read_judged_claims(tmp_path)
     assert [(c.claim, c.supported) for c in judged] == [("Bonds are loans.", 1), ("Bonds never default.", 0), ("Bonds are old.", 0)]
     assert judged[0].passages == ("Bonds are loans to an issuer.",)
+
+
+def test_judge_agreement_counts_agreement_and_how_often_the_calibrated_interval_holds_the_experts_rate():
+    import random
+
+    from eval.expertqa import judge_agreement
+
+    rng = random.Random(3)
+    experts = [int(rng.random() < 0.7) for _ in range(300)]
+    # A judge that agrees with the experts on 85% of the claims and fails on every 30th.
+    rows = [
+        {"id": str(i), "expert": e, "faithfulness": None if i % 30 == 0 else float(e if rng.random() < 0.85 else 1 - e)}
+        for i, e in enumerate(experts)
+    ]
+    report = judge_agreement(rows, 0.2, 400, seed=0)
+    scored = [r for r in rows if r["faithfulness"] is not None]
+    assert report["scored"] == len(scored) == 290 and report["expert_support_rate"] == round(sum(r["expert"] for r in scored) / 290, 4)
+    assert report["agreement"]["accuracy"] == sum(r["faithfulness"] == r["expert"] for r in scored) / 290
+    coverage = report["coverage"]
+    assert coverage["labelled"] == 58 and coverage["unlabelled"] == 232 and 0.9 <= coverage["ppi"] <= 0.99
+    # The judge narrows the interval the labels alone give.
+    assert coverage["mean_width_ppi"] < coverage["mean_width_classical"]
+    assert report["calibrated"]["n_labelled"] == 58
+    with pytest.raises(ValueError, match="too few to measure agreement"):
+        judge_agreement([{"id": "1", "expert": 1, "faithfulness": None}] * 5, 0.2, 10, seed=0)

@@ -35,10 +35,11 @@ def test_a_ragas_prompt_states_the_schema_the_judge_is_held_to():
     assert prompt_schema("Answer in one word.") is None
 
 
-def _row(rid: str, answer: str, abstained: bool = False, error: str | None = None) -> dict:
+def _row(rid: str, answer: str, abstained: bool = False, error: str | None = None, answerable: bool = True) -> dict:
     return {
-        "id": rid, "question": "What does a bond pay?", "answer": answer, "abstained": abstained, "error": error,
-        "references": ["A bond pays a coupon."], "retrieved_contexts": ["A bond is a loan to an issuer. The issuer pays the holder a coupon each year."],
+        "id": rid, "question": "What does a bond pay?", "answer": answer, "abstained": abstained, "error": error, "answerable": answerable,
+        "references": ["A bond pays a coupon."] if answerable else [],
+        "retrieved_contexts": ["A bond is a loan to an issuer. The issuer pays the holder a coupon each year."],
     }
 
 
@@ -55,6 +56,7 @@ def test_the_local_judge_scores_every_row_or_counts_it(sqlite_settings):
     rows = [
         _row("answered", "A bond pays its holder a coupon each year [1]."),
         _row("declined", "I don't know.", abstained=True),
+        _row("declined-unanswerable", "I don't know.", abstained=True, answerable=False),
         _row("failed", "", error="generation took longer than 60 s"),
     ]
     judged = []
@@ -62,13 +64,19 @@ def test_the_local_judge_scores_every_row_or_counts_it(sqlite_settings):
         {"metrics": {}, "rows": rows}, judge_metrics(judge, minilm_embeddings(sqlite_settings), ("faithfulness", "answer_relevancy")),
         judge=True, on_row=judged.append,
     )
+    # Faithfulness: a declined answer has no claim to check, a failed row no answer. Relevance judges a declined
+    # answerable question (the right answer to an unanswerable one is a refusal, not an irrelevant answer).
+    assert report["not_applicable"] == {"faithfulness": 3, "answer_relevancy": 2}
+    assert report["rows"][0]["answer_relevancy"] is not None and report["rows"][1]["answer_relevancy"] is not None
+    # Each applicable row is scored or counted as failed, never dropped; the 135M judge may state no statement
+    # (ragas' NaN), but its replies parse.
+    faithful = report["rows"][0]["faithfulness"]
+    assert (faithful is None) == (report["failures"]["faithfulness"] == 1) and report["failure_examples"].get("faithfulness") in (None, "NaN")
+    assert report["failures"]["answer_relevancy"] == 0
     for name in ("faithfulness", "answer_relevancy"):
-        value = report["rows"][0][name]
-        assert (value is None) == (report["failures"][name] == 1)  # scored, or counted as failed: never dropped
-        assert value is None or 0.0 <= value <= 1.0
-        assert report["not_applicable"][name] == 2  # a declined answer has no claims to judge; a failed one no answer
-        assert report["metrics"][name] == (None if value is None else round(value, 4))
-    assert judged == ["faithfulness"] * 3 + ["answer_relevancy"] * 3
+        values = [r[name] for r in report["rows"] if r[name] is not None]
+        assert all(0.0 <= v <= 1.0 for v in values) and report["metrics"][name] == (round(sum(values) / len(values), 4) if values else None)
+    assert judged == ["faithfulness"] * 4 + ["answer_relevancy"] * 4
 
 
 def test_a_bad_judge_is_a_clear_error_before_anything_is_answered(tmp_path):
@@ -117,3 +125,16 @@ def test_a_judge_at_a_url_is_asked_over_http(sqlite_settings):
     finally:
         server.kill()
         server.wait(timeout=30)
+
+
+def test_every_judged_metrics_output_schema_becomes_a_grammar():
+    """llama.cpp falls back to any-JSON, silently, for a schema its converter cannot take: each prompt's must convert."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from eval.judge import JUDGE_METRICS, _bounded
+
+    metrics = judge_metrics(None, None, JUDGE_METRICS)
+    prompts = [prompt for metric in metrics for prompt in metric.get_prompts().values()]
+    assert len(prompts) >= len(JUDGE_METRICS)
+    for prompt in prompts:
+        LlamaGrammar.from_json_schema(json.dumps(_bounded(prompt.output_model.model_json_schema())), verbose=False)

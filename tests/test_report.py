@@ -97,7 +97,7 @@ def test_the_report_opens_offline_with_its_charts_tables_and_worst_questions(sto
     charts = {name: (svgs, marks) for name, svgs, marks in facts["charts"]}
     assert set(charts) == {"distributions", "stages", "before-after"} and all(svgs >= 1 and marks >= 1 for svgs, marks in charts.values())
     assert facts["cards"][:2] == ["answer_f1", "citation_precision"] and "rouge_score" in facts["cards"]
-    assert "+0.3667 vs baseline" in facts["deltas"][0]  # answer F1 0.2167 -> 0.5833
+    assert "+0.3667 paired over 6 questions vs baseline" in facts["deltas"][0]  # answer F1 0.2167 -> 0.5833
     assert "2 failed rows" in facts["text"] and "rouge_score 2" in facts["text"]  # failures shown, not averaged away
     assert facts["comparison"] > 3
     # The unanswerable question that was answered comes first, then answerable ones by answer F1.
