@@ -350,6 +350,7 @@ def eval_dpo(
 def eval_judge(
     expertqa: Annotated[Path, typer.Option("--expertqa", help="ExpertQA's lfqa folder (rand_val.jsonl, domain_val.jsonl).")],
     judge: Annotated[str, typer.Option("--judge", help="'local' (a local GGUF generator in-process) or an OpenAI-compatible server's URL ending in /v1.")] = "local",
+    scores: Annotated[Optional[Path], typer.Option("--scores", help="A report this command wrote: its judge scores are analysed again (e.g. another --labelled share) instead of judging anew.")] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="A local generator's name or GGUF (default: the configured generator), or the server's model name.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=4, help="Judge N claims (a seeded random sample).")] = None,
     labelled: Annotated[float, typer.Option("--labelled", min=0.01, max=0.9, help="Share of the claims whose expert label calibration may use.")] = 0.3,
@@ -360,13 +361,20 @@ def eval_judge(
     """How far the judge can be trusted: its ragas faithfulness of ExpertQA claims by their cited passages against
     the experts' support labels (accuracy, Cohen's kappa, failures), and the support rate calibrated by a share of
     the expert labels (prediction-powered inference), with how often its 95% interval covers the experts' rate."""
-    from eval.expertqa import FILES, run_expertqa_judge
+    from eval.expertqa import FILES, judge_agreement, run_expertqa_judge
 
-    missing = [name for name in FILES if not (expertqa / name).is_file()]
-    if missing:
-        fail(f"{expertqa}: no {', '.join(missing)} (an ExpertQA lfqa folder)")
-    llm, judge_id = _judge_llm(judge, judge_model)
-    report = run_expertqa_judge(expertqa, llm, judge_id, limit, labelled, repeats, seed, log=lambda line: console.print(f"[dim]{line}[/]"))
+    if scores is not None:
+        try:
+            report = json.loads(scores.read_text())
+            report |= judge_agreement(report["rows"], labelled, repeats, seed)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            fail(f"{scores}: not a report of eval judge ({type(exc).__name__}: {exc})")
+    else:
+        missing = [name for name in FILES if not (expertqa / name).is_file()]
+        if missing:
+            fail(f"{expertqa}: no {', '.join(missing)} (an ExpertQA lfqa folder)")
+        llm, judge_id = _judge_llm(judge, judge_model)
+        report = run_expertqa_judge(expertqa, llm, judge_id, limit, labelled, repeats, seed, log=lambda line: console.print(f"[dim]{line}[/]"))
     a, c, cov = report["agreement"], report["calibrated"], report["coverage"]
     console.print(
         f"{report['scored']} of {report['claims']} claims judged ({report['failures']} failures, {report['judge_seconds']} s); "

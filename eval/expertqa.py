@@ -348,7 +348,6 @@ def run_expertqa_judge(
         "failure_rate": round(report["failures"]["faithfulness"] / len(rows), 4),
         "failure_example": report["failure_examples"].get("faithfulness"),
         "judge_seconds": round(time.monotonic() - started, 1),
-        "expert_support_rate_all_claims": round(sum(r["expert"] for r in rows) / len(rows), 4),
     } | judge_agreement(rows, labelled_share, repeats, seed) | {
         "rows": [{k: r[k] for k in ("id", "question", "answer", "expert", "faithfulness")} for r in rows],
     }
@@ -389,6 +388,7 @@ def judge_agreement(rows: list[dict], labelled_share: float, repeats: int, seed:
     return {
         "scored": len(scored),
         "expert_support_rate": round(truth, 4),  # over the scored claims: the rate calibration estimates
+        "expert_support_rate_all_claims": round(sum(r["expert"] for r in rows) / len(rows), 4),
         "judge_mean_faithfulness": round(sum(r["faithfulness"] for r in scored) / len(scored), 4),
         "agreement": agreement([r["faithfulness"] for r in scored], [r["expert"] for r in scored]),
         "calibrated": calibrated,

@@ -145,3 +145,19 @@ def test_judge_agreement_counts_agreement_and_how_often_the_calibrated_interval_
     assert report["calibrated"]["n_labelled"] == 58
     with pytest.raises(ValueError, match="too few to measure agreement"):
         judge_agreement([{"id": "1", "expert": 1, "faithfulness": None}] * 5, 0.2, 10, seed=0)
+
+
+def test_eval_judge_analyses_stored_scores_again_and_names_a_bad_file(tmp_path):
+    from tests.test_cli import run_cli
+
+    rows = [{"id": str(i), "question": "Q?", "answer": "A.", "expert": i % 3 != 0, "faithfulness": float(i % 3 != 0 or i % 5 == 0)} for i in range(60)]
+    stored = tmp_path / "judged.json"
+    stored.write_text(json.dumps({"claims": 60, "failures": 0, "judge_seconds": 1.0, "rows": rows}))
+    out = tmp_path / "again.json"
+    done = run_cli("eval", "judge", "--expertqa", str(tmp_path), "--scores", str(stored), "--labelled", "0.5", "--repeats", "50", "--json", str(out), data_dir=tmp_path / "var")
+    assert done.returncode == 0, done.stderr
+    again = json.loads(out.read_text())
+    assert again["coverage"]["labelled"] == 30 and again["coverage"]["repeats"] == 50 and again["rows"] == rows
+    stored.write_text('{"claims": 3}')
+    bad = run_cli("eval", "judge", "--expertqa", str(tmp_path), "--scores", str(stored), data_dir=tmp_path / "var")
+    assert bad.returncode == 1 and bad.stderr.startswith(f"error: {stored}: not a report of eval judge (KeyError")
