@@ -31,7 +31,8 @@ RELEVANCY_QUESTIONS = 1
 
 # Lists in a judge's reply (statements, verdicts) are capped: a small model under a grammar can otherwise repeat
 # one item until max_tokens cuts the JSON short. The cap is a truncation: faithfulness judges an answer's first 12
-# statements, context recall a reference's first 12 sentences.
+# statements, context recall a reference's first 12 sentences. They hold one item at least: an answer states
+# something and a reference has a sentence, and ragas scores an empty list NaN.
 MAX_LIST_ITEMS = 12
 
 
@@ -40,6 +41,7 @@ def _bounded(schema):
         out = {key: _bounded(value) for key, value in schema.items()}
         if out.get("type") == "array":
             out.setdefault("maxItems", MAX_LIST_ITEMS)
+            out.setdefault("minItems", 1)
         return out
     if isinstance(schema, list):
         return [_bounded(item) for item in schema]

@@ -31,7 +31,7 @@ def _faithfulness_prompt() -> tuple[str, type]:
 def test_a_ragas_prompt_states_the_schema_the_judge_is_held_to():
     prompt, output = _faithfulness_prompt()
     schema = prompt_schema(prompt)
-    assert schema["properties"]["statements"] == output.model_json_schema()["properties"]["statements"] | {"maxItems": MAX_LIST_ITEMS}
+    assert schema["properties"]["statements"] == output.model_json_schema()["properties"]["statements"] | {"maxItems": MAX_LIST_ITEMS, "minItems": 1}
     assert prompt_schema("Answer in one word.") is None
 
 
