@@ -113,14 +113,14 @@ def remote_judge(url: str, model: str, max_tokens: int = 1024, timeout_s: float 
     from langchain_openai import ChatOpenAI
     from ragas.run_config import RunConfig
 
-    # JSON mode: ragas parses every reply as JSON; vLLM, llama.cpp's server and Ollama all honour it. The length
-    # cap goes as OpenAI's newer max_completion_tokens and as max_tokens, the one llama.cpp's server reads.
     import httpx
 
     try:  # a server that does not answer is an error now, not a failure on every row after the answers
         httpx.get(f"{url.rstrip('/')}/models", timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
         raise ValueError(f"the judge at {url} does not answer GET {url.rstrip('/')}/models ({exc})") from None
+    # JSON mode: ragas parses every reply as JSON; vLLM, llama.cpp's server and Ollama all honour it. The length
+    # cap goes as OpenAI's newer max_completion_tokens and as max_tokens, the one llama.cpp's server reads.
     chat = ChatOpenAI(
         base_url=url, model=model, api_key="not-needed", temperature=0.0, max_tokens=max_tokens, timeout=timeout_s, max_retries=0,
         model_kwargs={"response_format": {"type": "json_object"}}, extra_body={"max_tokens": max_tokens},
@@ -147,7 +147,7 @@ def minilm_embeddings(settings: Settings | None = None):
             self.run_config = RunConfig(max_retries=JUDGE_RETRIES)
 
         def embed_query(self, text: str) -> list[float]:
-            return embedder.embed([text])[0].tolist()
+            return embedder.embed_query(text).tolist()
 
         def embed_documents(self, texts: list[str]) -> list[list[float]]:
             return embedder.embed(list(texts)).tolist()
