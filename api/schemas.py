@@ -210,13 +210,17 @@ class KeySettings(BaseModel):
 
 
 class EvalSetRow(BaseModel):
-    """A ragas-style row: the question and the documents (or chunks) that answer it."""
+    """A ragas-style row: the question and the documents (or chunks) that answer it; with a `reference` answer it is
+    also a QA question generators are gated on; `answerable: false` (no ids, no reference): the collection holds no
+    answer to it, and a generator should decline it."""
 
     model_config = ConfigDict(extra="allow")
     id: str | None = None
     user_input: str = Field(min_length=1, max_length=4000)
     reference_doc_ids: list[str] | None = Field(None, min_length=1)
     reference_chunk_ids: list[str] | None = Field(None, min_length=1)
+    reference: str | None = Field(None, min_length=1)
+    answerable: bool | None = None
 
 
 class EvalSetCreate(Strict):
@@ -234,7 +238,9 @@ class EvalSetInfoOut(BaseModel):
     collection: str
     name: str
     level: str
-    queries: int
+    queries: int  # retrieval queries (with relevant documents or chunks)
+    qa_questions: int  # questions generators are gated on: with a reference answer, or unanswerable
+    unanswerable: int
     sha256: str
     created_by: str
     created_at: str

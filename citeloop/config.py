@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     gate_max_abstain_rise: float = Field(
         0.05, ge=0, description="Largest rise of the decline rate on answerable questions the generator gate tolerates (refusals of unanswerable ones may not fall at all)."
     )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (http://HOST:5000, sqlite:///mlflow.db) every stored eval run is also logged to; unset: off."
+    )
     queue_url: str | None = Field(
         None, description="Task queue of training jobs: redis://HOST:PORT/DB, or unset for huey's SQLite storage at DATA_DIR/queue.db."
     )

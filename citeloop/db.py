@@ -255,6 +255,9 @@ class EvalSet(Base):
     level: Mapped[str] = mapped_column(String(8))  # doc | chunk
     queries: Mapped[dict[str, Any]] = mapped_column(JSON)  # query id -> text
     qrels: Mapped[dict[str, Any]] = mapped_column(JSON)  # query id -> {doc or chunk id: grade}
+    # Questions with reference answers (`eval.qa.QuestionRow` fields; none for an unanswerable one): generators are
+    # gated on them. Empty for a set of retrieval labels only.
+    qa_rows: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     sha256: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

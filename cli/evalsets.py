@@ -21,26 +21,32 @@ def evalsets_add(
     name: Annotated[str, typer.Option("--name", help="Name of the set in the collection.")],
     beir: Annotated[Optional[Path], typer.Option("--beir", help="BEIR directory: queries.jsonl and qrels/SPLIT.tsv (document ids).")] = None,
     split: Annotated[str, typer.Option("--split", help="Qrels split of --beir.")] = "test",
-    rows: Annotated[Optional[Path], typer.Option("--rows", help="JSONL of ragas-style rows: user_input + reference_doc_ids (or reference_chunk_ids).")] = None,
+    rows: Annotated[
+        Optional[Path],
+        typer.Option("--rows", help='JSONL of ragas-style rows: user_input + reference_doc_ids (or reference_chunk_ids), a reference answer for the generator gate; "answerable": false rows name no ids.'),
+    ] = None,
 ) -> None:
     """Store an evaluation set; training from feedback never trains on its questions."""
     from citeloop.db import session_scope
     from eval.beir import load_split
     from eval.jsonl import json_lines
-    from feedback.evalsets import EvalSetError, add_evalset, evalset_from_rows
+    from feedback.evalsets import EvalSetError, LabelledRows, add_evalset, evalset_from_rows
 
     if (beir is None) == (rows is None):
         fail("give one of --beir DIR or --rows FILE")
     if beir is not None:
         data = load_split(beir, split)
-        queries, qrels, level = data.queries, data.qrels, "doc"
+        labelled = LabelledRows(data.queries, data.qrels, "doc", [])
     else:
         if not rows.is_file():
             fail(f"{rows}: no such file")
-        queries, qrels, level = evalset_from_rows([row for _, row in json_lines(rows, EvalSetError)], f"{rows}: row")
+        labelled = evalset_from_rows([row for _, row in json_lines(rows, EvalSetError)], f"{rows}: row")
     with session_scope() as session:
-        info = add_evalset(session, collection, name, queries, qrels, level, "cli")
-    console.print(f"evaluation set [bold]{info.id}[/] '{info.name}': {len(info.queries)} queries ({info.level} ids) in '{collection}'")
+        info = add_evalset(session, collection, name, labelled.queries, labelled.qrels, labelled.level, "cli", labelled.qa_rows)
+    console.print(
+        f"evaluation set [bold]{info.id}[/] '{info.name}' in '{collection}': {len(info.queries)} retrieval queries ({info.level} ids), "
+        f"{len(info.qa_rows)} QA questions ({sum(not r['references'] for r in info.qa_rows)} unanswerable)"
+    )
 
 
 @evalsets_app.command("list")
@@ -55,7 +61,7 @@ def evalsets_list(collection: Annotated[str, typer.Argument(help="The collection
     if not sets:
         console.print(f"'{collection}' has no evaluation sets (add one: citeloop evalsets add {collection} --name NAME --rows FILE)")
         return
-    table = Table("id", "name", "level", "queries", "by", "created")
+    table = Table("id", "name", "level", "queries", "QA questions", "by", "created")
     for s in sets:
-        table.add_row(s.id, s.name, s.level, str(len(s.queries)), s.created_by, f"{s.created_at:%Y-%m-%d %H:%M}")
+        table.add_row(s.id, s.name, s.level, str(len(s.queries)), str(len(s.qa_rows)), s.created_by, f"{s.created_at:%Y-%m-%d %H:%M}")
     console.print(table)

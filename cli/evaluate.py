@@ -116,7 +116,7 @@ def eval_qa(
         console.print(f"ragas failures: {failed or 'none'}; not applicable: {report['not_applicable']}", markup=False)
     from citeloop.config import get_settings
     from citeloop.db import session_scope
-    from eval.runs import save_run, unsaved_run
+    from eval.runs import save_run, track_run, unsaved_run
 
     judge_config = {"judge": judge, "judge_model": judge_id, "judge_metrics": [m.name for m in judged]}
     config = {"limit": limit, "offset": offset, "split": split, "ragas": ragas, **(judge_config if judge is not None else {}), "settings": get_settings().model_dump(include=ANSWER_SETTINGS)}
@@ -127,6 +127,8 @@ def eval_qa(
             run = save_run(session, name, str(questions), asked, report, config, "cli")
         report = {"run_id": run.id} | report
         console.print(f"run {run.id} saved (citeloop eval runs; citeloop eval compare {run.id} OTHER)", markup=False)
+        if tracked := track_run(run, get_settings()):
+            console.print(f"logged to MLflow at {get_settings().mlflow_uri}: run {tracked}", markup=False)
     except SQLAlchemyError as exc:  # the answers are not lost with the history: the JSON and the report are still written
         console.print(f"[yellow]the run was not saved to the history: {exc}[/]")
         run = unsaved_run(name, str(questions), asked, report, config)
@@ -215,6 +217,7 @@ def eval_feedback_loop(
     qa: Annotated[Optional[Path], typer.Option("--qa", help="Generator: JSONL question rows (eval qa's format) users ask, vote on and a curator corrects.")] = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="Generator: question rows answered before and after (the --qa file: its held-out share).")] = None,
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Generator: BEIR directory the questions are about.")] = None,
+    collection: Annotated[Optional[str], typer.Option("--collection", help="Generator: or the service's collection they are about (the harness replays on a copy).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Generator: the first N dev and N test questions only.")] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Generator: also pair K answers sampled from each logged prompt, ranked by a reward model trained on the same feedback first.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="The harness's own data directory (default: a new temporary one).")] = None,
@@ -234,10 +237,12 @@ def eval_feedback_loop(
         from eval.answer_feedback_loop import run_answer_feedback_loop
         from feedback.train_generator import GeneratorTrainingArgs
 
-        if test is None or corpus is None:
-            fail("--qa needs --test TEST.jsonl and --corpus DIR")
+        if test is None or (corpus is None) == (collection is None):
+            fail("--qa needs --test TEST.jsonl and one of --corpus DIR or --collection C")
         args = replace(GeneratorTrainingArgs(), max_steps=max_steps, seed=seed, samples=samples, **({"epochs": epochs} if epochs else {}))
-        report = run_answer_feedback_loop(qa, test, corpus, limit, data_dir, args, progress=lambda m: console.print(f"[dim]{m}[/]"))
+        report = run_answer_feedback_loop(
+            qa, test, corpus, limit, data_dir, args, progress=lambda m: console.print(f"[dim]{m}[/]"), collection=collection
+        )
         table = Table("", *ANSWER_METRICS, title=f"{report['test_questions']} test questions, {report['pairs']} preference pairs")
         for when in ("before", "after"):
             table.add_row(when, *(_figure(report[when][name]) for name in ANSWER_METRICS))
@@ -247,7 +252,7 @@ def eval_feedback_loop(
             _write_json(json_out, report)
         return
     if beir is None or train_split is None or test_split is None:
-        fail("give --beir DIR --train-split S --test-split S (the reranker), or --qa DEV.jsonl --test TEST.jsonl --corpus DIR (the generator)")
+        fail("give --beir DIR --train-split S --test-split S (the reranker), or --qa DEV.jsonl --test TEST.jsonl --corpus DIR|--collection C (the generator)")
     from eval.feedback_loop import run_feedback_loop
 
     try:

@@ -1,7 +1,8 @@
 """The generator's replay harness: what users' and curators' feedback on answers buys the generator, measured on
 questions the feedback never touched.
 
-In a data directory of its own, the harness ingests a BEIR corpus, starts a real `citeloop serve` and `citeloop
+In a data directory of its own, the harness ingests a BEIR corpus (or a copy of one of the service's collections),
+starts a real `citeloop serve` and `citeloop
 worker`, and plays the users and a curator over HTTP. A simulated user asks each dev question and votes up when the
 answer matches a reference (token F1 >= 0.5) and cites a gold document, or, for a question without a reference,
 when it declines; down otherwise. A simulated curator flags every citation outside the gold documents; for a
@@ -24,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from citeloop.config import Settings
-from eval.feedback_loop import job_seconds, running_service, succeeded
+from citeloop.config import Settings, get_settings
+from eval.feedback_loop import harness_settings, job_seconds, running_service, succeeded
 from eval.qa import QuestionRow, evaluate_qa, load_questions, normalize_answer, strip_markers, token_f1
 from feedback.examples import is_holdout, query_key
 from feedback.train_generator import GeneratorTrainingArgs
@@ -116,21 +117,45 @@ def split_questions(dev: Path, test: Path, limit: int | None, holdout: float) ->
     return dev_rows, test_rows
 
 
+def copy_collection(name: str, source: Settings, target: Settings) -> None:
+    """A collection's documents as stored (text, title, metadata) ingested afresh under the same name into another
+    data directory: the harness replays feedback on a copy, never on the collection the service serves."""
+    from sqlalchemy import select
+
+    from citeloop.db import Document, get_collection, session_scope
+    from retrieval.ingest import ingest
+    from retrieval.readers import SourceDocument
+
+    if source.sqlalchemy_url == target.sqlalchemy_url:
+        raise ValueError(f"the harness's data directory {target.data_dir} is the service's: give it one of its own (--data-dir)")
+    with session_scope(source) as session:
+        found = get_collection(session, name)
+        rows = session.scalars(select(Document).where(Document.collection_id == found.id).order_by(Document.doc_id))
+        documents = [SourceDocument(d.doc_id, d.source, d.title, d.text, dict(d.meta or {})) for d in rows]
+    if not documents:
+        raise ValueError(f"collection '{name}' has no documents to replay feedback on")
+    ingest(documents, name, target)
+
+
 def run_answer_feedback_loop(
     dev: Path,
     test: Path,
-    corpus: Path,
+    corpus: Path | None = None,
     limit: int | None = None,
     data_dir: Path | None = None,
     args: GeneratorTrainingArgs | None = None,
     settings_overrides: dict | None = None,
     progress=print,
+    collection: str | None = None,
+    source: Settings | None = None,
 ) -> dict:
     """The report `citeloop eval feedback-loop --qa --json` writes: `before` and `after` (eval qa metrics on the
     test questions, with `by_shape`), `pairs`, `train_seconds` (the job: pairs, DPO, conversion, gate; `dpo_seconds`
     the training alone), the feedback sent, the job and its gate (with `args.samples`, the reward job that ranks the
     sampled answers first, `reward_job`). `settings_overrides`: settings (and the
-    service's CITELOOP_* environment) for the harness's data directory, e.g. the generator."""
+    service's CITELOOP_* environment) for the harness's data directory, e.g. the generator. The questions are about
+    the BEIR `corpus`, or about the `collection` in the data of the `source` settings (default: the configured
+    ones), which the harness copies."""
     from api.client import Client
     from citeloop.keys import create_key
     from citeloop.registry import active_version, get_version
@@ -140,10 +165,17 @@ def run_answer_feedback_loop(
 
     args = args or GeneratorTrainingArgs()
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="citeloop-answer-loop-")).resolve()
-    settings = Settings(data_dir=data_dir, **(settings_overrides or {}))
+    settings = harness_settings(data_dir, **(settings_overrides or {}))
     dev_rows, test_rows = split_questions(Path(dev), Path(test), limit, settings.eval_holdout)
-    progress(f"ingesting {Path(corpus).name} into {data_dir}")
-    collection = ensure_eval_collection(Path(corpus), settings)
+    if (corpus is None) == (collection is None):
+        raise ValueError("the questions are about a BEIR corpus or a collection: give one of the two")
+    if collection is not None:
+        source = source or get_settings()
+        progress(f"copying collection '{collection}' from {source.data_dir} into {data_dir}")
+        copy_collection(collection, source, settings)
+    else:
+        progress(f"ingesting {Path(corpus).name} into {data_dir}")
+        collection = ensure_eval_collection(Path(corpus), settings)
     keys = {role: create_key(f"harness-{role}", role, ["*"], settings) for role in ("reader", "curator", "admin")}
     result: dict = {
         "collection": collection, "generator": settings.generator, "dev_questions": len(dev_rows), "test_questions": len(test_rows),

@@ -45,15 +45,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def harness_settings(data_dir: Path, **overrides) -> Settings:
+    """A harness's settings: everything in its own data directory (SQLite, huey's SQLite queue), whatever database
+    or queue the environment names, so a replay never writes into the service's data or takes its workers' jobs."""
+    return Settings(data_dir=data_dir, database_url=None, queue_url=None, **overrides)
+
+
 @contextmanager
 def running_service(settings: Settings, log_path: Path, environment: dict[str, str] | None = None):
     """`citeloop serve` and `citeloop worker` on the settings' data directory (`environment`: more CITELOOP_*
     variables for both); yields the server's base URL."""
     port = free_port()
-    # The simulated curator sends thousands of requests a minute from one key.
+    # The simulated curator sends thousands of requests a minute from one key. Empty database and queue URLs: the
+    # data directory's own (harness_settings).
     env = dict(
         os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="10000000",
-        CITELOOP_RERANKER_BASE=settings.reranker_base, **(environment or {}),
+        CITELOOP_RERANKER_BASE=settings.reranker_base, CITELOOP_DATABASE_URL="", CITELOOP_QUEUE_URL="", **(environment or {}),
     )
     log = open(log_path, "ab")
     cli = [sys.executable, "-m", "cli"]
@@ -151,7 +158,7 @@ def run_feedback_loop(
     args = args or RerankerTrainingArgs()
     beir, test_beir = Path(beir).resolve(), Path(test_beir or beir).resolve()
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="citeloop-feedback-loop-")).resolve()
-    settings = Settings(data_dir=data_dir, reranker_base=base)
+    settings = harness_settings(data_dir, reranker_base=base)
     holdout = settings.eval_holdout
     train_data = load_split(beir, train_split)
     same_split = test_beir == beir and test_split == train_split

@@ -76,35 +76,38 @@ def load_questions(path: Path, limit: int | None = None, offset: int = 0, split:
         seen += 1
         if seen <= offset:
             continue
-        if not isinstance(raw, dict) or not isinstance(raw.get("user_input"), str) or not raw["user_input"].strip():
-            raise QuestionsFormatError(f"{path}:{lineno}: expected an object with a non-empty 'user_input'")
-        references = raw.get("reference_answers") or ([raw["reference"]] if raw.get("reference") else [])
-        if not all(isinstance(r, str) for r in references):
-            raise QuestionsFormatError(f"{path}:{lineno}: 'reference_answers' must be a list of strings")
-        contexts = raw.get("reference_contexts") or []
-        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
-            raise QuestionsFormatError(f"{path}:{lineno}: 'reference_contexts' must be a list of strings")
-        filters = raw.get("filters") or {}
-        if isinstance(filters, dict):  # a columnar file gives every row each key of any row's filters, unset ones None
-            filters = {key: value for key, value in filters.items() if value is not None}
-        if not isinstance(filters, dict) or not all(_filter_value(v) for v in filters.values()):
-            raise QuestionsFormatError(f"{path}:{lineno}: 'filters' must map metadata keys to a value or a list of values")
-        rows.append(
-            QuestionRow(
-                str(raw.get("id", lineno)),
-                raw["user_input"],
-                list(references),
-                [str(d) for d in raw.get("reference_doc_ids") or []],
-                str(raw["shape"]) if raw.get("shape") else None,
-                contexts,
-                filters,
-            )
-        )
+        rows.append(question_row(raw, f"{path}:{lineno}", lineno))
         if limit and len(rows) == limit:
             break
     if not rows:
         raise QuestionsFormatError(f"{path}: no questions" + (f" in split '{split}'" if split is not None else ""))
     return rows
+
+
+def question_row(raw: object, where: str, number: int) -> QuestionRow:
+    """One ragas-style record as a question row (`id` defaults to its `number`); `where` names it in errors."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("user_input"), str) or not raw["user_input"].strip():
+        raise QuestionsFormatError(f"{where}: expected an object with a non-empty 'user_input'")
+    references = raw.get("reference_answers") or ([raw["reference"]] if raw.get("reference") else [])
+    if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+        raise QuestionsFormatError(f"{where}: 'reference_answers' must be a list of strings")
+    contexts = raw.get("reference_contexts") or []
+    if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+        raise QuestionsFormatError(f"{where}: 'reference_contexts' must be a list of strings")
+    filters = raw.get("filters") or {}
+    if isinstance(filters, dict):  # a columnar file gives every row each key of any row's filters, unset ones None
+        filters = {key: value for key, value in filters.items() if value is not None}
+    if not isinstance(filters, dict) or not all(_filter_value(v) for v in filters.values()):
+        raise QuestionsFormatError(f"{where}: 'filters' must map metadata keys to a value or a list of values")
+    return QuestionRow(
+        str(raw.get("id", number)),
+        raw["user_input"],
+        list(references),
+        [str(d) for d in raw.get("reference_doc_ids") or []],
+        str(raw["shape"]) if raw.get("shape") else None,
+        contexts,
+        filters,
+    )
 
 
 def _filter_value(value) -> bool:

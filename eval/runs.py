@@ -6,12 +6,18 @@ whether the answer contains the reference, each ragas metric) gets the mean per-
 paired bootstrap 95% interval over the questions both runs scored; the others (citation precision, the decline and
 refusal rates, latency percentiles, counts) get their difference alone. The questions whose answer F1 moved most are listed with both
 answers.
+
+With CITELOOP_MLFLOW_URI set, each stored run is also logged to that MLflow tracking server or store (`track_run`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +25,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from citeloop.config import Settings
 from citeloop.db import Collection, EvalRun, get_collection
 from citeloop.errors import NotFoundError
 from eval.qa import QuestionRow
@@ -58,6 +65,70 @@ def save_run(session: Session, collection: str, questions: str, rows: list[Quest
     session.add(record)
     session.flush()
     return _info(record, collection)
+
+
+log = logging.getLogger(__name__)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys ("by_shape.factoid.answer_f1")."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        out |= _flat(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return out
+
+
+def _mlflow_key(name: str) -> str:
+    """MLflow keys take letters, digits and `_-. /` only: "ndcg@10" becomes "ndcg_10"."""
+    return re.sub(r"[^\w\-. /]", "_", name)
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a local SQLite store go beside it (MLflow's default is the working directory); a tracking server
+    chooses its own (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    from pathlib import Path
+
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlflow-artifacts" / experiment.replace("/", "-")).as_uri()
+
+
+def track_run(run: EvalRunInfo, settings: Settings) -> str | None:
+    """Log a stored run to MLflow (CITELOOP_MLFLOW_URI; None when unset): experiment `citeloop/<collection>`, run
+    name the citeloop run id; parameters from its settings and models, every numeric metric (retrieval stages and
+    shapes by dotted names, failures per metric as `failures.<metric>`), tags naming the questions and who ran it,
+    and the per-question rows as the artifact `rows.json`. Returns the MLflow run id. A tracking server that fails
+    is logged and the evaluation goes on: the run is already in citeloop's own history."""
+    if not settings.mlflow_uri:
+        return None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow reports usage to its authors unless told not to
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param, RunTag
+    except ImportError:
+        log.warning("CITELOOP_MLFLOW_URI is set but MLflow is not installed (pip install 'citeloop[mlflow]'): run %s not logged", run.id)
+        return None
+    try:
+        client = MlflowClient(tracking_uri=settings.mlflow_uri)
+        name = f"citeloop/{run.collection}"
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, _artifact_location(settings.mlflow_uri, name))
+        tags = {"citeloop.run_id": run.id, "citeloop.questions": run.questions, "citeloop.questions_sha256": run.questions_sha256, "citeloop.created_by": run.created_by}
+        tracked = client.create_run(experiment_id, run_name=run.id, tags=tags).info.run_id
+        now = int(time.time() * 1000)
+        numbers = _flat(run.metrics) | _flat(run.failures, "failures.")
+        metrics = [
+            Metric(_mlflow_key(k), float(v), now, 0) for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        params = [Param(_mlflow_key(k), str(v)[:6000]) for k, v in (_flat(run.config) | _flat(run.models, "models.")).items()]
+        client.log_batch(tracked, metrics=metrics, params=params, tags=[RunTag("mlflow.note.content", f"citeloop eval run {run.id} of {run.questions}")])
+        client.log_dict(tracked, run.rows, "rows.json")
+        client.set_terminated(tracked)
+        return tracked
+    except Exception as exc:  # noqa: BLE001 (any tracking failure: the run is kept in citeloop's history anyway)
+        log.warning("eval run %s was not logged to MLflow at %s: %s", run.id, settings.mlflow_uri, exc)
+        return None
 
 
 def unsaved_run(collection: str, questions: str, rows: list[QuestionRow], report: dict, config: dict) -> EvalRunInfo:

@@ -2,7 +2,9 @@
 
 A set is uploaded (BEIR queries + qrels naming documents, or ragas-style rows with `reference_doc_ids` /
 `reference_chunk_ids`), or saved by a training run from the held-out share of the judged questions (`judged`).
-Training from feedback leaves out every question that is in one of the collection's uploaded sets.
+Uploaded rows with a `reference` answer, and rows marked unanswerable (`"answerable": false`, or the shape
+`unanswerable`), are also the set's QA questions: a generator trained from feedback is gated on them. Training from
+feedback leaves out every question that is in one of the collection's uploaded sets.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import select
@@ -18,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from citeloop.db import Chunk, Collection, Document, EvalSet, get_collection
+from eval.qa import QuestionRow, QuestionsFormatError, question_row
 from feedback.examples import query_key
 
 # doc / chunk: the qrels name relevant documents or chunks, and everything else ranked counts as not relevant.
@@ -41,17 +44,35 @@ class EvalSetInfo:
     sha256: str
     created_by: str
     created_at: datetime
+    qa_rows: list[dict] = field(default_factory=list)  # `QuestionRow` fields: the generator gate's questions
 
     @property
     def query_keys(self) -> set[str]:
-        return {query_key(t) for t in self.queries.values()}
+        """Every question of the set, retrieval queries and QA questions alike."""
+        return {query_key(t) for t in self.queries.values()} | {query_key(r["question"]) for r in self.qa_rows}
+
+    def questions(self) -> list[QuestionRow]:
+        return [QuestionRow(**row) for row in self.qa_rows]
 
 
-def evalset_from_rows(rows: list[dict], where: str = "rows") -> tuple[dict[str, str], dict[str, dict[str, int]], str]:
-    """Ragas-style rows -> (queries, qrels, level): each row a `user_input` (or `question`) with
-    `reference_doc_ids` (documents) or `reference_chunk_ids` (chunks); `id` optional."""
+@dataclass
+class LabelledRows:
+    """Uploaded rows as a set's parts: retrieval labels (queries, qrels at `level`) and QA questions."""
+
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    level: str
+    qa_rows: list[QuestionRow]
+
+
+def evalset_from_rows(rows: list[dict], where: str = "row") -> LabelledRows:
+    """Ragas-style rows: each a `user_input` (or `question`) with `reference_doc_ids` (documents) or
+    `reference_chunk_ids` (chunks), and optionally a `reference` answer (or `reference_answers`), `shape` and
+    `filters` as `eval qa` reads them; `id` optional. A row marked unanswerable (`"answerable": false` or shape
+    `unanswerable`) names no ids and no reference: the collection holds no answer to it."""
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
+    qa_rows: list[QuestionRow] = []
     levels = set()
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
@@ -59,23 +80,36 @@ def evalset_from_rows(rows: list[dict], where: str = "rows") -> tuple[dict[str, 
         text = row.get("user_input") or row.get("question")
         if not isinstance(text, str) or not text.strip():
             raise EvalSetError(f"{where} {i}: needs a non-empty 'user_input' (or 'question')")
-        for field, level in (("reference_doc_ids", "doc"), ("reference_chunk_ids", "chunk")):
-            if field in row:
-                ids = row[field]
-                if not isinstance(ids, list) or not ids or not all(isinstance(x, (str, int)) for x in ids):
-                    raise EvalSetError(f"{where} {i}: '{field}' must be a non-empty list of ids")
-                levels.add(level)
-                qid = str(row.get("id", i))
-                if qid in queries:
-                    raise EvalSetError(f"{where} {i}: id '{qid}' repeats")
-                queries[qid] = text
-                qrels[qid] = {str(x): 1 for x in ids}
-                break
-        else:
-            raise EvalSetError(f"{where} {i}: needs 'reference_doc_ids' or 'reference_chunk_ids'")
+        try:
+            question = question_row(row | {"user_input": text}, f"{where} {i}", i)
+        except QuestionsFormatError as exc:
+            raise EvalSetError(str(exc)) from None
+        if question.id in queries or any(q.id == question.id for q in qa_rows):
+            raise EvalSetError(f"{where} {i}: id '{question.id}' repeats")
+        unanswerable = row.get("answerable") is False or question.shape == "unanswerable"
+        named = [(name, level) for name, level in (("reference_doc_ids", "doc"), ("reference_chunk_ids", "chunk")) if name in row]
+        if unanswerable:
+            if named or question.references:
+                raise EvalSetError(f"{where} {i}: an unanswerable row names no reference answer and no reference ids")
+            qa_rows.append(question)
+            continue
+        if not named:
+            raise EvalSetError(
+                f"{where} {i}: needs 'reference_doc_ids' or 'reference_chunk_ids' "
+                '(or "answerable": false for a question the collection holds no answer to)'
+            )
+        name, level = named[0]
+        ids = row[name]
+        if not isinstance(ids, list) or not ids or not all(isinstance(x, (str, int)) for x in ids):
+            raise EvalSetError(f"{where} {i}: '{name}' must be a non-empty list of ids")
+        levels.add(level)
+        queries[question.id] = text
+        qrels[question.id] = {str(x): 1 for x in ids}
+        if question.references:
+            qa_rows.append(question)
     if len(levels) > 1:
         raise EvalSetError(f"{where}: mixes document and chunk references; use one kind per set")
-    return queries, qrels, levels.pop() if levels else "doc"
+    return LabelledRows(queries, qrels, levels.pop() if levels else "doc", qa_rows)
 
 
 def add_evalset(
@@ -86,8 +120,10 @@ def add_evalset(
     qrels: dict[str, dict[str, int]],
     level: str,
     created_by: str,
+    qa_rows: list[QuestionRow] = (),
 ) -> EvalSetInfo:
-    """Store a set after checking that it has labelled queries and that every id it names is in the collection."""
+    """Store a set after checking that it has labelled queries (or QA questions with a reference answer) and that
+    every id it names is in the collection. A QA question of a chunk-level set cites the documents of its chunks."""
     if level not in LEVELS:
         raise EvalSetError(f"level must be one of {', '.join(LEVELS)}, not '{level}'")
     name = name.strip()
@@ -100,7 +136,7 @@ def add_evalset(
     if missing:
         raise EvalSetError(f"{len(missing)} judged query ids have no query text (e.g. '{missing[0]}')")
     queries = {q: queries[q] for q in sorted(qrels)}
-    if not queries:
+    if not queries:  # an answerable QA question names its documents: it is a query here too
         raise EvalSetError("the set has no query with a relevant document or chunk")
     row = get_collection(session, collection)
     named = {i for r in qrels.values() for i in r}
@@ -113,10 +149,15 @@ def add_evalset(
     unknown = sorted(named - known)
     if unknown:
         raise EvalSetError(f"{len(unknown)} of the {level} ids the set names are not in collection '{collection}' (e.g. '{unknown[0]}')")
-    digest = hashlib.sha256(json.dumps({"level": level, "queries": queries, "qrels": qrels}, sort_keys=True).encode()).hexdigest()
+    if level == "chunk" and qa_rows:
+        doc_of = dict(session.execute(select(Chunk.id, Document.doc_id).join(Document).where(Chunk.id.in_(named))).all())
+        qa_rows = [replace(q, doc_ids=sorted({doc_of[c] for c in qrels.get(q.id, {})})) for q in qa_rows]
+    stored_rows = [asdict(q) for q in qa_rows]
+    content = {"level": level, "queries": queries, "qrels": qrels} | ({"qa_rows": stored_rows} if stored_rows else {})
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     record = EvalSet(
         id=f"eval-{uuid.uuid4().hex[:12]}", collection_id=row.id, name=name, level=level, queries=queries, qrels=qrels,
-        sha256=digest, created_by=created_by,
+        qa_rows=stored_rows, sha256=digest, created_by=created_by,
     )
     try:
         with session.begin_nested():
@@ -150,5 +191,5 @@ def uploaded_query_keys(session: Session, collection: str) -> set[str]:
 def _info(record: EvalSet, collection: str) -> EvalSetInfo:
     return EvalSetInfo(
         record.id, collection, record.name, record.level, dict(record.queries), {q: dict(r) for q, r in record.qrels.items()},
-        record.sha256, record.created_by, record.created_at,
+        record.sha256, record.created_by, record.created_at, list(record.qa_rows or []),
     )

@@ -4,9 +4,10 @@ decides whether it serves.
 
 The gate answers the collection's QA evaluation questions twice through the collection's own pipeline (same
 retrieval, same prompts), with the candidate's adapter and with what serves now (the active adapter, or the base
-generator), and compares `eval qa` metrics. The questions are the held-out share of the pairs' questions, never
-trained on: a chosen answer that is not a refusal is a reference answer (the documents it cites its gold), a
-chosen refusal makes the question unanswerable. The candidate passes when its answer-F1 gain's paired bootstrap
+generator), and compares `eval qa` metrics. The questions are those of the collection's latest uploaded evaluation
+set with QA questions (`citeloop evalsets add --rows`: reference answers, unanswerable questions), else the
+held-out share of the pairs' questions; neither is trained on. Of held-out pairs, a chosen answer that is not a
+refusal is a reference answer (the documents it cites its gold), a chosen refusal makes the question unanswerable. The candidate passes when its answer-F1 gain's paired bootstrap
 interval lies above CITELOOP_GATE_MIN_CI_LOWER (with CITELOOP_GATE_REQUIRE_CI) and the gain reaches
 CITELOOP_GATE_MIN_ANSWER_F1_GAIN, unless its decline rate on answerable questions rose by more than
 CITELOOP_GATE_MAX_ABSTAIN_RISE or it refuses fewer of the unanswerable ones.
@@ -67,6 +68,27 @@ def question_events(eval_pairs: list[PairRow], questions: list[QuestionRow]) -> 
     return {q: sorted(e) for q, e in events.items()}
 
 
+def evaluation_questions(session, collection: str, eval_pairs: list[PairRow]) -> tuple[list[QuestionRow], dict]:
+    """The questions a generator of the collection is gated on, and where they came from (kept in the version's
+    `params.eval`): the latest uploaded evaluation set with QA questions, else the held-out pairs' questions
+    (with the feedback events each came from, which erasure follows)."""
+    from feedback.evalsets import list_evalsets
+
+    qa_sets = [s for s in list_evalsets(session, collection, uploaded_only=True) if s.qa_rows]
+    if qa_sets:
+        evalset = qa_sets[-1]
+        return evalset.questions(), {"evalset": evalset.id, "evalset_name": evalset.name, "question_events": {}}
+    held_out = session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_({p.answer_id for p in eval_pairs})))
+    contexts = {record.id: [c.get("doc_id", "") for c in record.contexts] for record in held_out}
+    questions = gate_questions(eval_pairs, contexts)
+    if not questions:
+        raise TrainingSetError(
+            f"no preference pair of collection '{collection}' fell in the evaluation share: the gate has no question to "
+            "compare answers on; give more feedback, or upload an evaluation set with reference answers (citeloop evalsets add --rows)"
+        )
+    return questions, {"question_events": question_events(eval_pairs, questions)}
+
+
 def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settings: Settings) -> GateDecision:
     """Candidate and baseline are `evaluate_qa` results on the same questions."""
     mine, theirs = candidate["metrics"], baseline["metrics"]
@@ -102,9 +124,10 @@ def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None)
     """The candidate against what serves the collection now, on the version's evaluation questions; both
     evaluations are stored as eval runs (`eval compare`, `eval report` read them), and the decision names them."""
     from citeloop.db import session_scope
-    from eval.runs import save_run
+    from eval.runs import save_run, track_run
 
-    rows = [QuestionRow(**row) for row in version.params["eval"]["questions"]]
+    record = version.params["eval"]
+    rows = [QuestionRow(**row) for row in record["questions"]]
     # What serves now: the active adapter, or the base where there is none or it cannot serve (ActiveGenerator).
     serving = pipeline.generators.run().version_id
     baseline_name = f"active generator {serving}" if serving else "the base generator"
@@ -112,12 +135,16 @@ def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None)
     candidate = evaluate_qa(rows, lambda q, filters: pipeline.answer(q, generator=version, filters=filters), on_row)
     decision = qa_gate_decision(candidate, baseline, baseline_name, settings)
     questions = f"gate questions of {version.id}"
+    source = f"questions of evaluation set '{record['evalset_name']}'" if record.get("evalset") else "held-out questions"
     with session_scope(settings) as session:
-        runs = {
-            name: save_run(session, version.collection, questions, rows, report, {"gate": version.id, "answered_by": who}, f"gate:{version.id}").id
+        saved = {
+            name: save_run(session, version.collection, questions, rows, report, {"gate": version.id, "answered_by": who}, f"gate:{version.id}")
             for name, report, who in (("baseline", baseline, baseline_name), ("candidate", candidate, version.id))
         }
-    reason = f"{len(rows)} held-out questions (eval compare {runs['baseline']} {runs['candidate']}): {decision.reason}"
+    for run in saved.values():
+        track_run(run, settings)
+    runs = {name: run.id for name, run in saved.items()}
+    reason = f"{len(rows)} {source} (eval compare {runs['baseline']} {runs['candidate']}): {decision.reason}"
     return replace(decision, reason=reason, runs=runs)
 
 
@@ -219,21 +246,15 @@ def train_generator_from_feedback(
             session, collection, scrub, verify, regenerator(pipeline, settings), settings.eval_holdout,
             0 if args.samples else settings.training_min_pairs, evaluation_queries, until,
         )
-        held_out = session.scalars(select(AnswerRecord).where(AnswerRecord.id.in_({p.answer_id for p in pairs.eval_rows})))
-        contexts = {record.id: [c.get("doc_id", "") for c in record.contexts] for record in held_out}
-        questions = gate_questions(pairs.eval_rows, contexts)
-        if not questions:
-            raise TrainingSetError(
-                f"no preference pair of collection '{collection}' fell in the evaluation share: the gate has no question to "
-                "compare answers on; give more feedback"
-            )
+        questions, gate_source = evaluation_questions(session, collection, pairs.eval_rows)
         if args.samples:
             stage(f"sampling {args.samples} answers a logged prompt, ranked by the reward model", 0.03)
             progress = lambda sampled: stage(f"sampled answers for {sampled} logged prompts", 0.03) if sampled % 10 == 0 else None  # noqa: E731
             add_sampled_pairs(session, collection, pairs, scrub, verify, pipeline, args, settings, evaluation_queries, progress, until)
         snapshot = save_snapshot(session, collection, "generator", pairs)
     weights = resolve_generator(settings.generator, settings)
-    stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} pairs, {len(questions)} held-out questions to gate on", 0.05)
+    gate_on = f"evaluation set '{gate_source['evalset_name']}'" if "evalset" in gate_source else "held-out"
+    stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} pairs, {len(questions)} {gate_on} questions to gate on", 0.05)
     stage(f"DPO of a LoRA adapter on {weights.name}", 0.06)
     base = safetensors_cache(weights, settings)
     parent = active_version(collection, "generator", settings)
@@ -249,12 +270,11 @@ def train_generator_from_feedback(
                 "base": {"name": weights.name, "digest": weights.digest},
                 "prompt_format": PROMPT_FORMAT,
                 "eval": {
-                    "questions": [asdict(q) for q in questions],
-                    "question_events": question_events(pairs.eval_rows, questions),
+                    "questions": [asdict(q) for q in questions], **gate_source,
                     "snapshot": snapshot.id, "counts": snapshot.counts, "dropped": snapshot.dropped,
                 },
             },
             metrics=figures, parent_id=parent.id if parent else None, settings=settings,
         )
-    stage(f"candidate {version.id} registered; gating it on {len(questions)} held-out questions", 0.75)
+    stage(f"candidate {version.id} registered; gating it on {len(questions)} {gate_on} questions", 0.75)
     return settle(version, run_qa_gate(version, pipeline, settings), settings, promote_if_better, actor)

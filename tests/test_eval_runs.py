@@ -3,6 +3,10 @@ compared with paired bootstrap intervals over shared questions, and read over re
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -89,3 +93,33 @@ def test_runs_are_read_over_http_within_a_keys_reach(runs):
         assert hidden.status_code == 404 and f"no evaluation run '{a.id}'" in hidden.text
         assert httpx.get(f"{base}/v1/evals", params={"collection": "docs"}, headers=as_reader).status_code == 404
         assert httpx.get(f"{base}/v1/evals").status_code == 401
+
+
+def test_a_stored_run_is_logged_to_mlflow_when_a_tracking_uri_is_set(runs, tmp_path, caplog, monkeypatch):
+    from mlflow import MlflowClient
+
+    from eval.runs import track_run
+
+    settings, a, _, _ = runs
+    with session_scope(settings) as session:
+        run = get_run(session, a.id)
+    assert track_run(run, settings) is None  # off by default
+    uri = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
+    (tmp_path / "tracking").mkdir()
+    monkeypatch.chdir(tmp_path / "tracking")
+    staged = run.metrics | {"retrieval_stages": {"hybrid": {"ndcg@10": 0.7}}}
+    tracked = track_run(replace(run, metrics=staged, config={"settings": {"generator": "base"}}), settings.model_copy(update={"mlflow_uri": uri}))
+    client = MlflowClient(tracking_uri=uri)
+    logged = client.get_run(tracked)
+    assert client.get_experiment(logged.info.experiment_id).name == "citeloop/docs" and logged.info.run_name == a.id
+    assert logged.data.metrics["answer_f1"] == pytest.approx(0.2) and logged.data.metrics["failures.rouge_score"] == 1
+    assert logged.data.metrics["retrieval_stages.hybrid.ndcg_10"] == 0.7  # "@" is not a character MLflow keys take
+    assert logged.data.params == {"settings.generator": "base", "models.generator": "base"}
+    assert logged.data.tags["citeloop.questions_sha256"] == run.questions_sha256 and logged.info.status == "FINISHED"
+    rows = client.download_artifacts(tracked, "rows.json", str(tmp_path))
+    assert [r["id"] for r in json.loads(Path(rows).read_text())] == [q.id for q in QUESTIONS]
+    assert sorted(p.name for p in (tmp_path / "tracking").iterdir()) == ["mlflow-artifacts", "mlflow.db"]  # beside the store
+    # A tracking URI MLflow cannot use is a warning: the run stays in citeloop's history.
+    with caplog.at_level("WARNING", logger="eval.runs"):
+        assert track_run(run, settings.model_copy(update={"mlflow_uri": "unknown-scheme://tracking"})) is None
+    assert f"eval run {a.id} was not logged to MLflow" in caplog.text

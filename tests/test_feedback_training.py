@@ -50,11 +50,11 @@ def test_an_uploaded_evaluation_set_gates_and_its_questions_never_train(judged):
     settings, collection, data = judged
     chosen = sorted(data.queries)[:10]
     rows = [{"id": q, "user_input": data.queries[q], "reference_doc_ids": sorted(data.qrels[q])} for q in chosen]
-    queries, qrels, level = evalset_from_rows(rows)
+    labelled = evalset_from_rows(rows)
     with session_scope(settings) as session:
-        uploaded = add_evalset(session, collection, "curated", queries, qrels, level, "ml-team")
+        uploaded = add_evalset(session, collection, "curated", labelled.queries, labelled.qrels, labelled.level, "ml-team")
     with session_scope(settings) as session, pytest.raises(EvalSetError, match="already has an evaluation set named 'curated'"):
-        add_evalset(session, collection, "curated", queries, qrels, level, "ml-team")
+        add_evalset(session, collection, "curated", labelled.queries, labelled.qrels, labelled.level, "ml-team")
     report = train_from_feedback(collection, SMOKE, settings)
     assert report.version.params["eval"]["evalset"] == uploaded.id
     assert report.version.params["eval"]["dropped"]["question_in_evaluation_set"] > 0
@@ -62,6 +62,47 @@ def test_an_uploaded_evaluation_set_gates_and_its_questions_never_train(judged):
         trained_on = {r.query_id for r in load_snapshot(session, report.version.snapshot_id).rows}
     assert not trained_on & {query_key(data.queries[q]) for q in chosen}
     assert "evaluation set 'curated'" in report.version.metrics["gate"]["reason"]
+
+
+def test_rows_with_reference_answers_and_unanswerable_rows_are_a_sets_qa_questions(judged):
+    settings, collection, data = judged
+    first, second, third = sorted(data.queries)[:3]
+    rows = [
+        {"id": first, "user_input": data.queries[first], "reference_doc_ids": sorted(data.qrels[first]), "reference": "The claim holds.", "shape": "yesno"},
+        {"id": second, "user_input": data.queries[second], "reference_doc_ids": sorted(data.qrels[second])},  # retrieval only
+        {"id": "none", "user_input": "Which telescope first imaged a black hole?", "answerable": False},
+    ]
+    labelled = evalset_from_rows(rows)
+    assert sorted(labelled.queries) == sorted([first, second]) and [q.id for q in labelled.qa_rows] == [first, "none"]
+    assert labelled.qa_rows[0].references == ["The claim holds."] and labelled.qa_rows[0].doc_ids == sorted(data.qrels[first])
+    assert not labelled.qa_rows[1].answerable
+    with session_scope(settings) as session:
+        stored = add_evalset(session, collection, "answers", labelled.queries, labelled.qrels, labelled.level, "ml-team", labelled.qa_rows)
+        again = get_evalset(session, stored.id)
+        # A chunk-level set's QA question cites the documents its chunks belong to.
+        chunk_id, doc_id = a_relevant_chunk(session, collection, data.qrels[third])
+        by_chunk = evalset_from_rows([{"id": third, "user_input": data.queries[third], "reference_chunk_ids": [chunk_id], "reference": "Yes."}])
+        chunked = add_evalset(session, collection, "answers by chunk", by_chunk.queries, by_chunk.qrels, by_chunk.level, "ml-team", by_chunk.qa_rows)
+    assert [q.id for q in again.questions()] == [first, "none"] and again.sha256 == stored.sha256
+    assert query_key("Which telescope first imaged a black hole?") in again.query_keys  # never trained on either
+    assert chunked.questions()[0].doc_ids == [doc_id]
+    with pytest.raises(EvalSetError, match="row 1: an unanswerable row names no reference"):
+        evalset_from_rows([{"user_input": "q", "answerable": False, "reference": "an answer"}])
+    with pytest.raises(EvalSetError, match="row 2: id 'a' repeats"):
+        evalset_from_rows([{"id": "a", "user_input": "q", "answerable": False}, {"id": "a", "user_input": "r", "answerable": False}])
+    with pytest.raises(EvalSetError, match="row 1: 'reference_answers' must be a list of strings"):
+        evalset_from_rows([{"user_input": "q", "reference_doc_ids": ["1"], "reference_answers": "one"}])
+
+
+def a_relevant_chunk(session, collection: str, relevant: dict[str, int]) -> tuple[str, str]:
+    """(chunk id, document id) of a chunk of one of the relevant documents."""
+    from sqlalchemy import select
+
+    from citeloop.db import Chunk, Document, get_collection
+
+    row = get_collection(session, collection)
+    found = select(Chunk.id, Document.doc_id).join(Document).where(Document.collection_id == row.id, Document.doc_id.in_(sorted(relevant)))
+    return tuple(session.execute(found.order_by(Chunk.id)).first())
 
 
 def test_evaluation_sets_name_only_what_the_collection_has(judged):

@@ -112,6 +112,37 @@ def test_the_harness_never_tests_on_a_question_it_asked(tmp_path):
         split_questions(dev, dev, None, 0.0001)
 
 
+def test_the_harness_replays_on_a_copy_of_a_collection_and_never_touches_the_collection(tmp_path, monkeypatch):
+    from citeloop.catalog import list_collections
+    from citeloop.errors import UnknownCollectionError
+    from eval.answer_feedback_loop import copy_collection
+    from eval.feedback_loop import harness_settings
+    from retrieval.ingest import ingest
+    from retrieval.readers import SourceDocument
+    from retrieval.retriever import CollectionRetriever
+
+    service = Settings(data_dir=tmp_path / "service")
+    documents = [
+        SourceDocument("guide/install.md", "docs/guide/install.md", "Installing", "Run the installer, then restart the shell.", {"team": "platform"}),
+        SourceDocument("guide/upgrade.md", "docs/guide/upgrade.md", "Upgrading", "Stop the service before you upgrade it.", {}),
+    ]
+    ingest(documents, "handbook", service)
+    # Whatever database and queue the environment names, the harness keeps to its own data directory.
+    monkeypatch.setenv("CITELOOP_DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    harness = harness_settings(tmp_path / "harness")
+    assert harness.sqlalchemy_url.endswith("harness/citeloop.db") and harness.queue_url is None
+    copy_collection("handbook", service, harness)
+    [copied] = [c for c in list_collections(harness) if c.name == "handbook"]
+    [original] = [c for c in list_collections(service) if c.name == "handbook"]
+    assert (copied.documents, copied.chunks) == (original.documents, original.chunks) == (2, 2)
+    hits = CollectionRetriever("handbook", harness).search("how do I upgrade", k=1, filters={"team": "platform"})
+    assert [h.doc_id for h in hits] == ["guide/install.md"]  # metadata came along: the filter still selects
+    with pytest.raises(ValueError, match="is the service's"):
+        copy_collection("handbook", service, service)
+    with pytest.raises(UnknownCollectionError):
+        copy_collection("no-such-collection", service, harness_settings(tmp_path / "other"))
+
+
 def test_job_options_are_checked_per_kind():
     assert check_options("generator", {"bf16": True, "max_steps": 3}) == {"bf16": True, "max_steps": 3}
     with pytest.raises(JobError, match="'max_steps' must be a int"):

@@ -187,6 +187,45 @@ def test_a_generator_job_with_samples_needs_a_reward_model_and_pairs_its_ranking
     assert judged >= eligible > 0
 
 
+def test_an_uploaded_evaluation_set_with_reference_answers_gates_generators_and_its_questions_never_train(site):
+    from dataclasses import asdict, replace
+
+    from citeloop.db import session_scope
+    from feedback.evalsets import uploaded_query_keys
+    from feedback.generator_loop import evaluation_questions, run_qa_gate
+    from feedback.pairs import build_pair_set, citation_verifier
+    from generation.pipeline import AnswerPipeline
+
+    settings, admin, curator = site
+    verify = citation_verifier(settings)
+    with session_scope(settings) as session:
+        before = build_pair_set(session, "releases", lambda t: t, verify, None, settings.eval_holdout, 0)
+    trained = sorted({i for i in range(len(FORMATS)) for p in before.rows if p.query == question(i)})[:2]
+    assert trained, before.counts
+    rows = [
+        {"id": f"r{i}", "user_input": question(i), "reference": f"Release {i} reads {FORMATS[i]} files.", "reference_doc_ids": [f"release-{i}"]}
+        for i in trained
+    ] + [{"id": "protobuf", "user_input": "Which release of the parser reads Protobuf files?", "answerable": False}]
+    with pytest.raises(CiteloopError) as bad:
+        curator.add_evalset("releases", "broken", [{"user_input": "Which release reads Protobuf?", "answerable": False, "reference": "None."}])
+    assert bad.value.status == 400 and "row 1: an unanswerable row names no reference answer" in bad.value.message
+    uploaded = curator.add_evalset("releases", "release notes", rows)
+    assert (uploaded["queries"], uploaded["qa_questions"], uploaded["unanswerable"]) == (len(trained), len(trained) + 1, 1)
+    with session_scope(settings) as session:
+        pairs = build_pair_set(session, "releases", lambda t: t, verify, None, settings.eval_holdout, 0, uploaded_query_keys(session, "releases"))
+        questions, source = evaluation_questions(session, "releases", pairs.eval_rows)
+    # The set's questions are left out of training, and they, not the held-out pairs', are what the gate asks.
+    assert pairs.dropped["question_in_evaluation_set"] == sum(p.query in {question(i) for i in trained} for p in before.rows)
+    assert not {query_key(question(i)) for i in trained} & {p.query_id for p in pairs.rows}
+    assert [q.id for q in questions] == ["r" + str(i) for i in trained] + ["protobuf"]
+    assert source == {"evalset": uploaded["id"], "evalset_name": "release notes", "question_events": {}}
+    [candidate] = list_versions(settings, "releases", "generator")
+    version = replace(candidate, params=candidate.params | {"eval": {"questions": [asdict(q) for q in questions], **source}})
+    gate = run_qa_gate(version, AnswerPipeline("releases", settings), settings)
+    assert gate.reason.startswith(f"{len(trained) + 1} questions of evaluation set 'release notes'")
+    assert (gate.candidate["answerable"], gate.candidate["unanswerable"]) == (len(trained), 1) == (gate.baseline["answerable"], gate.baseline["unanswerable"])
+
+
 def test_erasing_a_curator_removes_the_gate_questions_their_corrections_made(site):
     from citeloop.db import session_scope
     from citeloop.keys import Principal

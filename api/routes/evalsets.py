@@ -8,7 +8,7 @@ from api.deps import Curator, Reader, ServicesDep, reach
 from api.errors import ERRORS, ApiError
 from api.schemas import EvalSetCreate, EvalSetInfoOut
 from citeloop.db import session_scope
-from feedback.evalsets import EvalSetInfo, add_evalset, evalset_from_rows, list_evalsets
+from feedback.evalsets import EvalSetInfo, LabelledRows, add_evalset, evalset_from_rows, list_evalsets
 
 router = APIRouter(tags=["evaluation sets"])
 
@@ -19,13 +19,13 @@ def create_evalset(collection: str, body: EvalSetCreate, caller: Curator, servic
     if (body.rows is None) == (body.queries is None and body.qrels is None):
         raise ApiError(400, "invalid_request", "give either rows, or queries and qrels")
     if body.rows is not None:
-        queries, qrels, level = evalset_from_rows([r.model_dump(exclude_none=True) for r in body.rows], "row")
+        rows = evalset_from_rows([r.model_dump(exclude_none=True) for r in body.rows], "row")
     else:
         if body.queries is None or body.qrels is None:
             raise ApiError(400, "invalid_request", "queries and qrels go together")
-        queries, qrels, level = body.queries, body.qrels, body.level
+        rows = LabelledRows(body.queries, body.qrels, body.level, [])
     with session_scope(services.settings) as session:
-        return _out(add_evalset(session, collection, body.name, queries, qrels, level, caller.name))
+        return _out(add_evalset(session, collection, body.name, rows.queries, rows.qrels, rows.level, caller.name, rows.qa_rows))
 
 
 @router.get("/v1/collections/{collection}/evalsets", response_model=list[EvalSetInfoOut], responses=ERRORS)
@@ -37,6 +37,7 @@ def get_evalsets(collection: str, caller: Reader, services: ServicesDep) -> list
 
 def _out(s: EvalSetInfo) -> EvalSetInfoOut:
     return EvalSetInfoOut(
-        id=s.id, collection=s.collection, name=s.name, level=s.level, queries=len(s.queries), sha256=s.sha256,
-        created_by=s.created_by, created_at=s.created_at.isoformat(),
+        id=s.id, collection=s.collection, name=s.name, level=s.level, queries=len(s.queries), qa_questions=len(s.qa_rows),
+        unanswerable=sum(not r["references"] for r in s.qa_rows), sha256=s.sha256, created_by=s.created_by,
+        created_at=s.created_at.isoformat(),
     )
