@@ -83,6 +83,15 @@ def _preview_answers(collection: str, kind: str, scrub, examples: int, settings)
     needed = settings.training_min_pairs
     verdict = "enough to train" if len(built.rows) >= needed else f"too few to train (at least {needed} needed)"
     if kind == "generator":
-        console.print(f"{len(built.rows)} preference pairs: {verdict}; gated on the {built.counts['held_out_pairs']} held-out pairs' questions")
+        from feedback.generator_loop import evaluation_questions
+        from feedback.trainset import TrainingSetError
+
+        with session_scope(settings) as session:
+            try:
+                questions, source = evaluation_questions(session, collection, built.eval_rows)
+                gate = f"{len(questions)} questions of evaluation set '{source['evalset_name']}'" if "evalset" in source else f"{len(questions)} held-out pairs' questions"
+            except TrainingSetError:
+                gate = "no question yet (no pair fell in the held-out share, and no evaluation set has reference answers)"
+        console.print(f"{len(built.rows)} preference pairs: {verdict}; gated on {gate}")
     else:
         console.print(f"{len(built.rows)} rated answers: {verdict}; gated on {len(built.eval_rows)} held-out ratings and {len(built.eval_pairs)} pairs")

@@ -101,8 +101,9 @@ def train_generator_command(
     seed: Annotated[int, typer.Option("--seed")] = DPO_DEFAULTS.seed,
 ) -> None:
     """Train a LoRA adapter of the configured generator by DPO on a collection's preference pairs (corrections,
-    votes, flagged citations, refusals; with --samples, reward-ranked samples), gate it on the held-out pairs'
-    questions, optionally promote it."""
+    votes, flagged citations, refusals; with --samples, reward-ranked samples), gate it on the questions of the
+    collection's latest evaluation set with reference answers (else the held-out pairs' questions), optionally
+    promote it."""
     from feedback.generator_loop import train_generator_from_feedback
 
     args = replace(

@@ -126,7 +126,7 @@ def copy_collection(name: str, source: Settings, target: Settings) -> None:
     from retrieval.ingest import ingest
     from retrieval.readers import SourceDocument
 
-    if source.sqlalchemy_url == target.sqlalchemy_url:
+    if source.sqlalchemy_url == target.sqlalchemy_url or source.data_dir.resolve() == target.data_dir.resolve():
         raise ValueError(f"the harness's data directory {target.data_dir} is the service's: give it one of its own (--data-dir)")
     with session_scope(source) as session:
         found = get_collection(session, name)

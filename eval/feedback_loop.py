@@ -46,9 +46,21 @@ def free_port() -> int:
 
 
 def harness_settings(data_dir: Path, **overrides) -> Settings:
-    """A harness's settings: everything in its own data directory (SQLite, huey's SQLite queue), whatever database
-    or queue the environment names, so a replay never writes into the service's data or takes its workers' jobs."""
-    return Settings(data_dir=data_dir, database_url=None, queue_url=None, **overrides)
+    """A harness's settings: everything in its own data directory (SQLite, huey's SQLite queue) and no MLflow,
+    whatever database, queue or tracking server the environment names, so a replay never writes into the service's
+    data or history, nor takes its workers' jobs."""
+    return Settings(data_dir=data_dir, database_url=None, queue_url=None, mlflow_uri=None, **overrides)
+
+
+def service_environment(settings: Settings, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a harness's `citeloop serve` and `citeloop worker`: the settings' data directory, empty
+    database, queue and MLflow URLs (harness_settings), `environment` on top."""
+    # The simulated curator sends thousands of requests a minute from one key.
+    return dict(
+        os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="10000000",
+        CITELOOP_RERANKER_BASE=settings.reranker_base, CITELOOP_DATABASE_URL="", CITELOOP_QUEUE_URL="", CITELOOP_MLFLOW_URI="",
+        **(environment or {}),
+    )
 
 
 @contextmanager
@@ -56,12 +68,7 @@ def running_service(settings: Settings, log_path: Path, environment: dict[str, s
     """`citeloop serve` and `citeloop worker` on the settings' data directory (`environment`: more CITELOOP_*
     variables for both); yields the server's base URL."""
     port = free_port()
-    # The simulated curator sends thousands of requests a minute from one key. Empty database and queue URLs: the
-    # data directory's own (harness_settings).
-    env = dict(
-        os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), CITELOOP_RATE_LIMIT_PER_MINUTE="10000000",
-        CITELOOP_RERANKER_BASE=settings.reranker_base, CITELOOP_DATABASE_URL="", CITELOOP_QUEUE_URL="", **(environment or {}),
-    )
+    env = service_environment(settings, environment)
     log = open(log_path, "ab")
     cli = [sys.executable, "-m", "cli"]
     server = subprocess.Popen([*cli, "serve", "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

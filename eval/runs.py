@@ -103,12 +103,16 @@ def track_run(run: EvalRunInfo, settings: Settings) -> str | None:
     if not settings.mlflow_uri:
         return None
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow reports usage to its authors unless told not to
+    # A server that is down is a warning within ~30 s, not after MLflow's default of 7 retries of 120 s each.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     try:
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param, RunTag
     except ImportError:
         log.warning("CITELOOP_MLFLOW_URI is set but MLflow is not installed (pip install 'citeloop[mlflow]'): run %s not logged", run.id)
         return None
+    tracked = None
     try:
         client = MlflowClient(tracking_uri=settings.mlflow_uri)
         name = f"citeloop/{run.collection}"
@@ -128,6 +132,11 @@ def track_run(run: EvalRunInfo, settings: Settings) -> str | None:
         return tracked
     except Exception as exc:  # noqa: BLE001 (any tracking failure: the run is kept in citeloop's history anyway)
         log.warning("eval run %s was not logged to MLflow at %s: %s", run.id, settings.mlflow_uri, exc)
+        if tracked is not None:  # created, then a write failed: not left RUNNING
+            try:
+                client.set_terminated(tracked, "FAILED")
+            except Exception:  # noqa: BLE001 (the server that failed the write may fail this too)
+                pass
         return None
 
 

@@ -73,6 +73,7 @@ def evalset_from_rows(rows: list[dict], where: str = "row") -> LabelledRows:
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     qa_rows: list[QuestionRow] = []
+    ids: set[str] = set()
     levels = set()
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
@@ -80,14 +81,18 @@ def evalset_from_rows(rows: list[dict], where: str = "row") -> LabelledRows:
         text = row.get("user_input") or row.get("question")
         if not isinstance(text, str) or not text.strip():
             raise EvalSetError(f"{where} {i}: needs a non-empty 'user_input' (or 'question')")
+        named = [(name, level) for name, level in (("reference_doc_ids", "doc"), ("reference_chunk_ids", "chunk")) if name in row]
+        for name, _ in named:
+            if not isinstance(row[name], list) or not row[name] or not all(isinstance(x, (str, int)) for x in row[name]):
+                raise EvalSetError(f"{where} {i}: '{name}' must be a non-empty list of ids")
         try:
             question = question_row(row | {"user_input": text}, f"{where} {i}", i)
         except QuestionsFormatError as exc:
             raise EvalSetError(str(exc)) from None
-        if question.id in queries or any(q.id == question.id for q in qa_rows):
+        if question.id in ids:
             raise EvalSetError(f"{where} {i}: id '{question.id}' repeats")
+        ids.add(question.id)
         unanswerable = row.get("answerable") is False or question.shape == "unanswerable"
-        named = [(name, level) for name, level in (("reference_doc_ids", "doc"), ("reference_chunk_ids", "chunk")) if name in row]
         if unanswerable:
             if named or question.references:
                 raise EvalSetError(f"{where} {i}: an unanswerable row names no reference answer and no reference ids")
@@ -99,12 +104,9 @@ def evalset_from_rows(rows: list[dict], where: str = "row") -> LabelledRows:
                 '(or "answerable": false for a question the collection holds no answer to)'
             )
         name, level = named[0]
-        ids = row[name]
-        if not isinstance(ids, list) or not ids or not all(isinstance(x, (str, int)) for x in ids):
-            raise EvalSetError(f"{where} {i}: '{name}' must be a non-empty list of ids")
         levels.add(level)
         queries[question.id] = text
-        qrels[question.id] = {str(x): 1 for x in ids}
+        qrels[question.id] = {str(x): 1 for x in row[name]}
         if question.references:
             qa_rows.append(question)
     if len(levels) > 1:
@@ -122,8 +124,8 @@ def add_evalset(
     created_by: str,
     qa_rows: list[QuestionRow] = (),
 ) -> EvalSetInfo:
-    """Store a set after checking that it has labelled queries (or QA questions with a reference answer) and that
-    every id it names is in the collection. A QA question of a chunk-level set cites the documents of its chunks."""
+    """Store a set after checking that it has labelled queries (unanswerable QA questions alone are not a set) and
+    that every id it names is in the collection. A QA question of a chunk-level set cites the documents of its chunks."""
     if level not in LEVELS:
         raise EvalSetError(f"level must be one of {', '.join(LEVELS)}, not '{level}'")
     name = name.strip()
@@ -137,7 +139,7 @@ def add_evalset(
         raise EvalSetError(f"{len(missing)} judged query ids have no query text (e.g. '{missing[0]}')")
     queries = {q: queries[q] for q in sorted(qrels)}
     if not queries:  # an answerable QA question names its documents: it is a query here too
-        raise EvalSetError("the set has no query with a relevant document or chunk")
+        raise EvalSetError("the set has no query with a relevant document or chunk (unanswerable questions alone are not a set)")
     row = get_collection(session, collection)
     named = {i for r in qrels.values() for i in r}
     if level == "doc":  # chunk and judged sets name chunks

@@ -10,7 +10,9 @@ held-out share of the pairs' questions; neither is trained on. Of held-out pairs
 refusal is a reference answer (the documents it cites its gold), a chosen refusal makes the question unanswerable. The candidate passes when its answer-F1 gain's paired bootstrap
 interval lies above CITELOOP_GATE_MIN_CI_LOWER (with CITELOOP_GATE_REQUIRE_CI) and the gain reaches
 CITELOOP_GATE_MIN_ANSWER_F1_GAIN, unless its decline rate on answerable questions rose by more than
-CITELOOP_GATE_MAX_ABSTAIN_RISE or it refuses fewer of the unanswerable ones.
+CITELOOP_GATE_MAX_ABSTAIN_RISE, it refuses fewer of the unanswerable ones, or one of ragas' judge-free metrics of the
+answer against the reference (RAGAS_GATE_METRICS) fell: its paired bootstrap interval wholly below zero. Both sides'
+ragas scores (the context metrics too) are kept in the decision.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from generation.citations import Source, split_cited_sentences
 from generation.engines import ADAPTER_GGUF, SamplingParams
 from generation.prompt import PROMPT_FORMAT, REFUSAL, build_messages
 
-# The metrics a generator's gate record keeps of each side (eval qa names).
+# ragas' judge-free metrics of the answer against the reference: a candidate may not make any of them fall.
+RAGAS_GATE_METRICS = ("rouge_score", "non_llm_string_similarity", "string_present")
+# The metrics a generator's gate record keeps of each side (eval qa and ragas names).
 GATE_METRICS = (
     "answerable", "unanswerable", "errors", "answer_f1", "answer_contains_reference", "citation_precision", "citation_recall",
-    "decline_rate_answerable", "extractive_rate_answerable", "refusal_rate_unanswerable",
+    "decline_rate_answerable", "extractive_rate_answerable", "refusal_rate_unanswerable", *RAGAS_GATE_METRICS,
+    "non_llm_context_recall", "non_llm_context_precision_with_reference", "id_based_context_recall", "id_based_context_precision",
 )
 
 
@@ -70,11 +75,11 @@ def question_events(eval_pairs: list[PairRow], questions: list[QuestionRow]) -> 
 
 def evaluation_questions(session, collection: str, eval_pairs: list[PairRow]) -> tuple[list[QuestionRow], dict]:
     """The questions a generator of the collection is gated on, and where they came from (kept in the version's
-    `params.eval`): the latest uploaded evaluation set with QA questions, else the held-out pairs' questions
-    (with the feedback events each came from, which erasure follows)."""
+    `params.eval`): the latest uploaded evaluation set with reference answers (and its unanswerable questions),
+    else the held-out pairs' questions (with the feedback events each came from, which erasure follows)."""
     from feedback.evalsets import list_evalsets
 
-    qa_sets = [s for s in list_evalsets(session, collection, uploaded_only=True) if s.qa_rows]
+    qa_sets = [s for s in list_evalsets(session, collection, uploaded_only=True) if any(r["references"] for r in s.qa_rows)]
     if qa_sets:
         evalset = qa_sets[-1]
         return evalset.questions(), {"evalset": evalset.id, "evalset_name": evalset.name, "question_events": {}}
@@ -90,8 +95,10 @@ def evaluation_questions(session, collection: str, eval_pairs: list[PairRow]) ->
 
 
 def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settings: Settings) -> GateDecision:
-    """Candidate and baseline are `evaluate_qa` results on the same questions."""
+    """Candidate and baseline are `evaluate_qa` results on the same questions (with ragas' judge-free metrics on
+    their rows where `add_ragas_metrics` scored them)."""
     mine, theirs = candidate["metrics"], baseline["metrics"]
+    per_row = lambda result, name: {r["id"]: r[name] for r in result["rows"] if r.get(name) is not None}  # noqa: E731
     f1 = lambda result: {r["id"]: r["answer_f1"] for r in result["rows"] if r["answerable"] and r["answer_f1"] is not None}  # noqa: E731
     kept = lambda metrics: {k: metrics.get(k) for k in GATE_METRICS}  # noqa: E731
     if not f1(candidate):
@@ -113,6 +120,12 @@ def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settin
         return decided(
             False, f"; refusal of unanswerable questions fell: {mine['refusal_rate_unanswerable']:.4f} vs {theirs['refusal_rate_unanswerable']:.4f}"
         )
+    for name in RAGAS_GATE_METRICS:
+        ours, base = per_row(candidate, name), per_row(baseline, name)
+        if set(ours) & set(base):
+            change, _, upper = paired_bootstrap(ours, base, settings.gate_confidence)
+            if upper < 0:
+                return decided(False, f"; ragas {name} fell by {-change:.4f} ({settings.gate_confidence:.0%} CI upper bound {upper:+.4f})")
     if gain < settings.gate_min_answer_f1_gain:
         return decided(False, f" < required {settings.gate_min_answer_f1_gain:+.4f}")
     if settings.gate_require_ci and not low > settings.gate_min_ci_lower:  # a NaN bound fails too
@@ -124,15 +137,16 @@ def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None)
     """The candidate against what serves the collection now, on the version's evaluation questions; both
     evaluations are stored as eval runs (`eval compare`, `eval report` read them), and the decision names them."""
     from citeloop.db import session_scope
+    from eval.ragas_suite import add_ragas_metrics, with_reference_contexts
     from eval.runs import save_run, track_run
 
     record = version.params["eval"]
-    rows = [QuestionRow(**row) for row in record["questions"]]
+    rows = with_reference_contexts([QuestionRow(**row) for row in record["questions"]], version.collection, settings)
     # What serves now: the active adapter, or the base where there is none or it cannot serve (ActiveGenerator).
     serving = pipeline.generators.run().version_id
     baseline_name = f"active generator {serving}" if serving else "the base generator"
-    baseline = evaluate_qa(rows, pipeline.answer, on_row)
-    candidate = evaluate_qa(rows, lambda q, filters: pipeline.answer(q, generator=version, filters=filters), on_row)
+    baseline = add_ragas_metrics(evaluate_qa(rows, pipeline.answer, on_row))
+    candidate = add_ragas_metrics(evaluate_qa(rows, lambda q, filters: pipeline.answer(q, generator=version, filters=filters), on_row))
     decision = qa_gate_decision(candidate, baseline, baseline_name, settings)
     questions = f"gate questions of {version.id}"
     source = f"questions of evaluation set '{record['evalset_name']}'" if record.get("evalset") else "held-out questions"

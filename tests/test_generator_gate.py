@@ -57,6 +57,19 @@ def test_more_declines_or_fewer_refusals_fail_whatever_the_f1():
     assert not decision.passed and "refusal of unanswerable questions fell" in decision.reason
 
 
+def test_a_candidate_whose_ragas_answer_metric_falls_is_refused_whatever_the_f1():
+    base = result(BASE_F1, [False] * 10, [])
+    better = result([v + 0.2 for v in BASE_F1], [False] * 10, [])
+    for i, (ours, theirs) in enumerate(zip(better["rows"], base["rows"])):
+        ours["rouge_score"], theirs["rouge_score"] = 0.2 + 0.01 * i, 0.5 + 0.01 * i
+        ours["non_llm_string_similarity"] = theirs["non_llm_string_similarity"] = 0.4
+    decision = qa_gate_decision(better, base, "b", SETTINGS)
+    assert not decision.passed and "ragas rouge_score fell by 0.3000" in decision.reason
+    for ours, theirs in zip(better["rows"], base["rows"]):
+        ours["rouge_score"] = theirs["rouge_score"]
+    assert qa_gate_decision(better, base, "b", SETTINGS).passed
+
+
 def pair(query_id: str, chosen: str, answer_id: str) -> PairRow:
     return PairRow(query_id, f"question {query_id}", (("user", "q"),), PROMPT_FORMAT, chosen, "wrong [1].", "correction", 1.0, answer_id, ("e",))
 
@@ -116,7 +129,7 @@ def test_the_harness_replays_on_a_copy_of_a_collection_and_never_touches_the_col
     from citeloop.catalog import list_collections
     from citeloop.errors import UnknownCollectionError
     from eval.answer_feedback_loop import copy_collection
-    from eval.feedback_loop import harness_settings
+    from eval.feedback_loop import harness_settings, service_environment
     from retrieval.ingest import ingest
     from retrieval.readers import SourceDocument
     from retrieval.retriever import CollectionRetriever
@@ -127,10 +140,16 @@ def test_the_harness_replays_on_a_copy_of_a_collection_and_never_touches_the_col
         SourceDocument("guide/upgrade.md", "docs/guide/upgrade.md", "Upgrading", "Stop the service before you upgrade it.", {}),
     ]
     ingest(documents, "handbook", service)
-    # Whatever database and queue the environment names, the harness keeps to its own data directory.
+    # Whatever database, queue and tracking server the environment names, the harness and its server and worker
+    # keep to the harness's own data directory.
     monkeypatch.setenv("CITELOOP_DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    monkeypatch.setenv("CITELOOP_QUEUE_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("CITELOOP_MLFLOW_URI", "http://127.0.0.1:5000")
     harness = harness_settings(tmp_path / "harness")
-    assert harness.sqlalchemy_url.endswith("harness/citeloop.db") and harness.queue_url is None
+    assert harness.sqlalchemy_url.endswith("harness/citeloop.db") and harness.queue_url is None and harness.mlflow_uri is None
+    environment = service_environment(harness)
+    assert environment["CITELOOP_DATA_DIR"] == str(harness.data_dir)
+    assert environment["CITELOOP_DATABASE_URL"] == environment["CITELOOP_QUEUE_URL"] == environment["CITELOOP_MLFLOW_URI"] == ""
     copy_collection("handbook", service, harness)
     [copied] = [c for c in list_collections(harness) if c.name == "handbook"]
     [original] = [c for c in list_collections(service) if c.name == "handbook"]
@@ -139,6 +158,9 @@ def test_the_harness_replays_on_a_copy_of_a_collection_and_never_touches_the_col
     assert [h.doc_id for h in hits] == ["guide/install.md"]  # metadata came along: the filter still selects
     with pytest.raises(ValueError, match="is the service's"):
         copy_collection("handbook", service, service)
+    on_another_database = service.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'service-db-elsewhere.db'}"})
+    with pytest.raises(ValueError, match="is the service's"):  # its indexes, queue and models are in that folder
+        copy_collection("handbook", on_another_database, harness_settings(tmp_path / "service"))
     with pytest.raises(UnknownCollectionError):
         copy_collection("no-such-collection", service, harness_settings(tmp_path / "other"))
 

@@ -145,6 +145,7 @@ def test_feedback_preview_shows_the_pairs_a_generator_job_would_train_on(site):
     )
     assert shown.returncode == 0, shown.stderr
     assert "pairs_refusal" in shown.stdout and "refusal: " in shown.stdout and "preference pairs: enough to train" in shown.stdout
+    assert "held-out pairs' questions" in shown.stdout
     rated = subprocess.run(
         [sys.executable, "-m", "cli", "feedback", "preview", "releases", "--kind", "reward"], cwd=REPO, env=env, capture_output=True, text=True
     )
@@ -211,6 +212,8 @@ def test_an_uploaded_evaluation_set_with_reference_answers_gates_generators_and_
     assert bad.value.status == 400 and "row 1: an unanswerable row names no reference answer" in bad.value.message
     uploaded = curator.add_evalset("releases", "release notes", rows)
     assert (uploaded["queries"], uploaded["qa_questions"], uploaded["unanswerable"]) == (len(trained), len(trained) + 1, 1)
+    # A later set with no reference answer (retrieval labels and a question to decline) cannot gate a generator.
+    curator.add_evalset("releases", "labels", [{"user_input": question(3), "reference_doc_ids": ["release-3"]}, rows[-1] | {"id": "u"}])
     with session_scope(settings) as session:
         pairs = build_pair_set(session, "releases", lambda t: t, verify, None, settings.eval_holdout, 0, uploaded_query_keys(session, "releases"))
         questions, source = evaluation_questions(session, "releases", pairs.eval_rows)
@@ -224,6 +227,13 @@ def test_an_uploaded_evaluation_set_with_reference_answers_gates_generators_and_
     gate = run_qa_gate(version, AnswerPipeline("releases", settings), settings)
     assert gate.reason.startswith(f"{len(trained) + 1} questions of evaluation set 'release notes'")
     assert (gate.candidate["answerable"], gate.candidate["unanswerable"]) == (len(trained), 1) == (gate.baseline["answerable"], gate.baseline["unanswerable"])
+    # ragas' judge-free scores of both sides are in the decision: answers against the references, contexts against the gold documents.
+    assert all(side[name] is not None for side in (gate.candidate, gate.baseline) for name in ("rouge_score", "id_based_context_recall"))
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), **ENVIRONMENT)
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli", "feedback", "preview", "releases", "--kind", "generator"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert f"gated on {len(trained) + 1} questions of evaluation set 'release notes'" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_erasing_a_curator_removes_the_gate_questions_their_corrections_made(site):
