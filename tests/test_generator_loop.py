@@ -229,7 +229,7 @@ def test_an_uploaded_evaluation_set_with_reference_answers_gates_generators_and_
     assert (gate.candidate["answerable"], gate.candidate["unanswerable"]) == (len(trained), 1) == (gate.baseline["answerable"], gate.baseline["unanswerable"])
     # ragas' judge-free scores of both sides are in the decision: answers against the references, contexts against the gold documents.
     assert all(side[name] is not None for side in (gate.candidate, gate.baseline) for name in ("rouge_score", "id_based_context_recall"))
-    env = dict(os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), **ENVIRONMENT)
+    env = dict(os.environ, CITELOOP_DATA_DIR=str(settings.data_dir), COLUMNS="400", **ENVIRONMENT)  # rich wraps at the width
     shown = subprocess.run(
         [sys.executable, "-m", "cli", "feedback", "preview", "releases", "--kind", "generator"], cwd=REPO, env=env, capture_output=True, text=True
     )
