@@ -83,13 +83,13 @@ def _preview_answers(collection: str, kind: str, scrub, examples: int, settings)
     needed = settings.training_min_pairs
     verdict = "enough to train" if len(built.rows) >= needed else f"too few to train (at least {needed} needed)"
     if kind == "generator":
-        from feedback.generator_loop import evaluation_questions
+        from feedback.generator_loop import described, evaluation_questions
         from feedback.trainset import TrainingSetError
 
         with session_scope(settings) as session:
             try:
                 questions, source = evaluation_questions(session, collection, built.eval_rows)
-                gate = f"{len(questions)} questions of evaluation set '{source['evalset_name']}'" if "evalset" in source else f"{len(questions)} held-out pairs' questions"
+                gate = described(len(questions), source)
             except TrainingSetError:
                 gate = "no question yet (no pair fell in the held-out share, and no evaluation set has reference answers)"
         console.print(f"{len(built.rows)} preference pairs: {verdict}; gated on {gate}")

@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -89,8 +90,6 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     chooses its own (None)."""
     if not uri.startswith("sqlite:///"):
         return None
-    from pathlib import Path
-
     return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlflow-artifacts" / experiment.replace("/", "-")).as_uri()
 
 

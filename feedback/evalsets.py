@@ -193,5 +193,5 @@ def uploaded_query_keys(session: Session, collection: str) -> set[str]:
 def _info(record: EvalSet, collection: str) -> EvalSetInfo:
     return EvalSetInfo(
         record.id, collection, record.name, record.level, dict(record.queries), {q: dict(r) for q, r in record.qrels.items()},
-        record.sha256, record.created_by, record.created_at, list(record.qa_rows or []),
+        record.sha256, record.created_by, record.created_at, list(record.qa_rows),
     )

@@ -5,10 +5,10 @@ decides whether it serves.
 The gate answers the collection's QA evaluation questions twice through the collection's own pipeline (same
 retrieval, same prompts), with the candidate's adapter and with what serves now (the active adapter, or the base
 generator), and compares `eval qa` metrics. The questions are those of the collection's latest uploaded evaluation
-set with QA questions (`citeloop evalsets add --rows`: reference answers, unanswerable questions), else the
-held-out share of the pairs' questions; neither is trained on. Of held-out pairs, a chosen answer that is not a
-refusal is a reference answer (the documents it cites its gold), a chosen refusal makes the question unanswerable. The candidate passes when its answer-F1 gain's paired bootstrap
-interval lies above CITELOOP_GATE_MIN_CI_LOWER (with CITELOOP_GATE_REQUIRE_CI) and the gain reaches
+set with reference answers (`citeloop evalsets add --rows`; its unanswerable questions too), else the held-out
+share of the pairs' questions; neither is trained on. Of held-out pairs, a chosen answer that is not a refusal is a
+reference answer (the documents it cites its gold), a chosen refusal makes the question unanswerable. The
+candidate passes when its answer-F1 gain's paired bootstrap interval lies above CITELOOP_GATE_MIN_CI_LOWER (with CITELOOP_GATE_REQUIRE_CI) and the gain reaches
 CITELOOP_GATE_MIN_ANSWER_F1_GAIN, unless its decline rate on answerable questions rose by more than
 CITELOOP_GATE_MAX_ABSTAIN_RISE, it refuses fewer of the unanswerable ones, or one of ragas' judge-free metrics of the
 answer against the reference (RAGAS_GATE_METRICS) fell: its paired bootstrap interval wholly below zero. Both sides'
@@ -94,6 +94,13 @@ def evaluation_questions(session, collection: str, eval_pairs: list[PairRow]) ->
     return questions, {"question_events": question_events(eval_pairs, questions)}
 
 
+def described(questions: int, source: dict) -> str:
+    """"N questions of evaluation set 'NAME'" or "N held-out pairs' questions", for a gate's `evaluation_questions`."""
+    if "evalset" in source:
+        return f"{questions} questions of evaluation set '{source['evalset_name']}'"
+    return f"{questions} held-out pairs' questions"
+
+
 def qa_gate_decision(candidate: dict, baseline: dict, baseline_name: str, settings: Settings) -> GateDecision:
     """Candidate and baseline are `evaluate_qa` results on the same questions (with ragas' judge-free metrics on
     their rows where `add_ragas_metrics` scored them)."""
@@ -149,7 +156,6 @@ def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None)
     candidate = add_ragas_metrics(evaluate_qa(rows, lambda q, filters: pipeline.answer(q, generator=version, filters=filters), on_row))
     decision = qa_gate_decision(candidate, baseline, baseline_name, settings)
     questions = f"gate questions of {version.id}"
-    source = f"questions of evaluation set '{record['evalset_name']}'" if record.get("evalset") else "held-out questions"
     with session_scope(settings) as session:
         saved = {
             name: save_run(session, version.collection, questions, rows, report, {"gate": version.id, "answered_by": who}, f"gate:{version.id}")
@@ -158,7 +164,7 @@ def run_qa_gate(version: VersionInfo, pipeline, settings: Settings, on_row=None)
     for run in saved.values():
         track_run(run, settings)
     runs = {name: run.id for name, run in saved.items()}
-    reason = f"{len(rows)} {source} (eval compare {runs['baseline']} {runs['candidate']}): {decision.reason}"
+    reason = f"{described(len(rows), record)} (eval compare {runs['baseline']} {runs['candidate']}): {decision.reason}"
     return replace(decision, reason=reason, runs=runs)
 
 
@@ -267,8 +273,8 @@ def train_generator_from_feedback(
             add_sampled_pairs(session, collection, pairs, scrub, verify, pipeline, args, settings, evaluation_queries, progress, until)
         snapshot = save_snapshot(session, collection, "generator", pairs)
     weights = resolve_generator(settings.generator, settings)
-    gate_on = f"evaluation set '{gate_source['evalset_name']}'" if "evalset" in gate_source else "held-out"
-    stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} pairs, {len(questions)} {gate_on} questions to gate on", 0.05)
+    gate_on = described(len(questions), gate_source)
+    stage(f"snapshot {snapshot.id}: {snapshot.counts['rows']} pairs, {gate_on} to gate on", 0.05)
     stage(f"DPO of a LoRA adapter on {weights.name}", 0.06)
     base = safetensors_cache(weights, settings)
     parent = active_version(collection, "generator", settings)
@@ -290,5 +296,5 @@ def train_generator_from_feedback(
             },
             metrics=figures, parent_id=parent.id if parent else None, settings=settings,
         )
-    stage(f"candidate {version.id} registered; gating it on {len(questions)} {gate_on} questions", 0.75)
+    stage(f"candidate {version.id} registered; gating it on {gate_on}", 0.75)
     return settle(version, run_qa_gate(version, pipeline, settings), settings, promote_if_better, actor)
