@@ -399,18 +399,19 @@ def eval_runs(
     collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only runs on this collection.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N runs.")] = 20,
 ) -> None:
-    """Stored `eval qa` runs, newest first: questions, models and headline metrics."""
+    """Stored `eval qa` runs and reranker gates' rankings, newest first: questions, models and headline metrics."""
     from citeloop.db import session_scope
     from eval.runs import list_runs
 
     with session_scope() as session:
         runs = list_runs(session, {collection} if collection else None, limit)
-    table = Table("run", "when", "collection", "questions", "generator", "answer_f1", "citation_precision", "decline_rate_answerable")
+    table = Table("run", "when", "collection", "questions", "generator", "reranker", "answer_f1", "citation_precision", "decline_rate_answerable", "ndcg@10")
     for run in runs:
         m = run.metrics
         table.add_row(
-            run.id, run.created_at.strftime("%Y-%m-%d %H:%M"), run.collection, f"{Path(run.questions).name} ({m.get('n')})",
-            str(run.models.get("generator", "-")), _figure(m.get("answer_f1")), _figure(m.get("citation_precision")), _figure(m.get("decline_rate_answerable")),
+            run.id, run.created_at.strftime("%Y-%m-%d %H:%M"), run.collection, f"{Path(run.questions).name} ({m.get('n', m.get('queries'))})",
+            str(run.models.get("generator", "-")), str(run.models.get("reranker") or "-"), _figure(m.get("answer_f1")),
+            _figure(m.get("citation_precision")), _figure(m.get("decline_rate_answerable")), _figure(m.get("ndcg@10")),
         )
     console.print(table)
 
@@ -438,8 +439,9 @@ def eval_compare(
         ci = f"{m['ci95'][0]:+.4f} .. {m['ci95'][1]:+.4f} ({m['paired_questions']})" if "ci95" in m else "-"
         table.add_row(name, _figure(m["a"]), _figure(m["b"]), f"{m['difference']:+.4f}", ci)
     console.print(table)
+    by = comparison["changed_by"]
     for q in comparison["changed_most"]:
-        console.print(f"{q['id']}: answer F1 {q['answer_f1']['a']} -> {q['answer_f1']['b']}: {q['question']}", markup=False)
+        console.print(f"{q['id']}: {by} {q[by]['a']} -> {q[by]['b']}: {q['question']}", markup=False)
     if json_out:
         _write_json(json_out, comparison)
 

@@ -1,6 +1,7 @@
 """An `eval qa` run as one self-contained HTML page that opens offline: summary cards, each per-question metric's
 distribution, the retrieval stages side by side, the run against a baseline run (each metric's difference with
-its paired 95% interval), and the worst-answered questions with their answer, citations and contexts side by side.
+its paired 95% interval), and the worst-answered questions with their answer, citations and contexts side by side
+(of a reranker gate's ranking: the worst-ranked queries with their relevant ids and top 10).
 
 Charts are plotly figures; plotly.js is inlined once, so the file needs no network. Every text from a run (questions,
 answers, sources) is HTML-escaped by the template.
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from eval.runs import ROW_METRICS, EvalRunInfo, compare_runs
+from eval.runs import RANKING, ROW_METRICS, EvalRunInfo, compare_runs
 
 # The headline figures, in the order a reader scans them; any other numeric metric follows.
 SUMMARY_METRICS = (
     "answer_f1", "answer_contains_reference", "citation_precision", "citation_recall", "context_recall_at_k",
     "decline_rate_answerable", "refusal_rate_unanswerable", "unsupported_citation_rate", "latency_p50_ms", "first_token_p50_ms",
 )
-COUNTS = ("n", "answerable", "unanswerable", "errors")
+COUNTS = ("n", "answerable", "unanswerable", "errors", "queries")
 # Metrics where lower is better (the cards colour a change by whether it helps).
 LOWER_IS_BETTER = {"decline_rate_answerable", "unsupported_citation_rate", "latency_p50_ms", "latency_p95_ms", "first_token_p50_ms", "errors"}
 WORST_QUESTIONS = 10
@@ -76,13 +77,20 @@ th { background: #f1f4f9; } td.num { text-align: right; font-variant-numeric: ta
 {% for name, m in comparison.metrics.items() %}<tr><td>{{ name }}</td><td class="num">{{ fmt(m.a) }}</td><td class="num">{{ fmt(m.b) }}</td>
 <td class="num">{{ "%+.4f" % m.difference }}</td><td class="num">{% if m.get("ci95") %}{{ "%+.4f" % m.ci95[0] }} .. {{ "%+.4f" % m.ci95[1] }} ({{ m.paired_questions }}){% else %}-{% endif %}</td></tr>{% endfor %}
 </table>
-{% if comparison.changed_most %}<h3>Questions whose answer F1 moved most</h3>
+{% if comparison.changed_most %}<h3>Questions whose {{ comparison.changed_by }} moved most</h3>
 <table><tr><th>question</th><th>{{ baseline.id }}</th><th>{{ run.id }}</th></tr>
-{% for q in comparison.changed_most %}<tr><td>{{ q.question }}</td><td>{{ q.answer.a }}<div class="note">F1 {{ fmt(q.answer_f1.a) }}</div></td>
-<td>{{ q.answer.b }}<div class="note">F1 {{ fmt(q.answer_f1.b) }}</div></td></tr>{% endfor %}</table>{% endif %}
+{% for q in comparison.changed_most %}<tr><td>{{ q.question }}</td><td>{{ q.answer.a }}<div class="note">{{ comparison.changed_by }} {{ fmt(q[comparison.changed_by].a) }}</div></td>
+<td>{{ q.answer.b }}<div class="note">{{ comparison.changed_by }} {{ fmt(q[comparison.changed_by].b) }}</div></td></tr>{% endfor %}</table>{% endif %}
 {% endif %}
 
-<h2>Worst-answered questions</h2>
+{% if ranking %}<h2>Worst-ranked queries</h2>
+<p class="note">The queries with the lowest nDCG@10, with the {{ run.config.level }} ids judged relevant and the top 10 as ranked (relevant ones marked).</p>
+<table class="worst" id="worst"><tr><th>query</th><th>judged relevant</th><th>top 10 as ranked</th></tr>
+{% for row in worst %}<tr><td><b>{{ row.question }}</b><div class="note">{{ row.id }} · nDCG@10 {{ fmt(row["ndcg@10"]) }}</div></td>
+<td>{% for id in row.relevant %}<div class="context">{{ id }}</div>{% endfor %}</td>
+<td>{% for id in row.ranked %}<div class="context"><span class="{{ 'ok' if id in row.relevant else '' }}">{{ loop.index }}. {{ id }}</span></div>{% endfor %}</td></tr>{% endfor %}
+</table>
+{% else %}<h2>Worst-answered questions</h2>
 <p class="note">Answerable questions with the lowest answer F1 (then the lowest ragas score), and unanswerable ones that were answered.</p>
 <table class="worst" id="worst"><tr><th>question and reference</th><th>answer and citations</th><th>retrieved contexts</th></tr>
 {% for row in worst %}<tr>
@@ -95,7 +103,7 @@ th { background: #f1f4f9; } td.num { text-align: right; font-variant-numeric: ta
 {{ c.doc_id }}: “{{ c.quote }}”</div>{% endfor %}{% endif %}</td>
 <td>{% for ctx in row.contexts %}<div class="context"><b>[{{ loop.index }}] {{ ctx.doc_id }}{% if ctx.gold %} (reference document){% endif %}</b>
 {{ ctx.text }}</div>{% endfor %}</td></tr>{% endfor %}
-</table>
+</table>{% endif %}
 </body></html>
 """
 
@@ -189,7 +197,9 @@ def _before_after(comparison: dict, baseline_id: str, run_id: str) -> str:
 
 def worst_rows(run: EvalRunInfo, limit: int = WORST_QUESTIONS) -> list[dict]:
     """Failed generations, unanswerable questions that were answered, then answerable ones by answer F1 and
-    their lowest ragas score, ascending."""
+    their lowest ragas score, ascending; a ranking's queries by nDCG@10, ascending."""
+    if run.config.get("kind") == RANKING:
+        return sorted(run.rows, key=lambda row: row["ndcg@10"])[:limit]
     scored = per_row_metrics(run)
 
     def badness(row: dict) -> tuple:
@@ -242,6 +252,7 @@ def render_report(run: EvalRunInfo, baseline: EvalRunInfo | None = None, by_shap
         stage_metrics=[m for m in next(iter(stages.values()))] if stages else [],
         before_after=_before_after(comparison, baseline.id, run.id) if comparison else "",
         worst=worst_rows(run),
+        ranking=run.config.get("kind") == RANKING,
         fmt=fmt,
         plotly_js=get_plotlyjs(),
     )

@@ -64,7 +64,8 @@ def ranking(chunks, depth: int, level: str = "doc") -> dict[str, float]:
 
 
 def score_runs(qrels: dict[str, dict[str, int]], runs: dict[str, dict[str, dict[str, float]]], per_query: bool = False) -> dict[str, dict]:
-    """Mean metrics per stage; `per_query`: also each query's nDCG@10 (the gate's paired comparison)."""
+    """Mean metrics per stage; `per_query`: also each query's nDCG@10 (the gate's paired comparison) and its top 10
+    ids as ranked (`ranked`: what a stored gate run shows)."""
     from ranx import Qrels, Run, evaluate
 
     ranx_qrels = Qrels(qrels)
@@ -78,6 +79,7 @@ def score_runs(qrels: dict[str, dict[str, int]], runs: dict[str, dict[str, dict[
         if per_query:
             values = evaluate(ranx_qrels, complete, "ndcg@10", return_mean=False, make_comparable=True)
             out[stage]["per_query"] = {q: float(v) for q, v in zip(complete.keys(), values)}
+            out[stage]["ranked"] = {q: list(run.get(q) or {})[:10] for q in order}
     return out
 
 

@@ -1,11 +1,12 @@
 """Every `eval qa` run, kept: which questions (file and digest), which models, which settings, and its metrics and
-rows; `compare_runs` sets two runs side by side.
+rows; `compare_runs` sets two runs side by side. A reranker gate's rankings are kept the same way (`save_ranking_run`:
+a row per query with its nDCG@10 and top 10), so its decisions are read, compared and reported like an answer gate's.
 
 A comparison pairs the runs' rows by question id. Each metric that is the mean of a value per row (answer F1,
-whether the answer contains the reference, each ragas metric) gets the mean per-question difference B - A with its
+whether the answer contains the reference, each ragas metric, a ranking's nDCG@10) gets the mean per-question difference B - A with its
 paired bootstrap 95% interval over the questions both runs scored; the others (citation precision, the decline and
-refusal rates, latency percentiles, counts) get their difference alone. The questions whose answer F1 moved most are listed with both
-answers.
+refusal rates, latency percentiles, counts) get their difference alone. The questions whose answer F1 (a ranking's
+nDCG@10) moved most are listed with both answers.
 
 With CITELOOP_MLFLOW_URI set, each stored run is also logged to that MLflow tracking server or store (`track_run`).
 """
@@ -29,10 +30,14 @@ from sqlalchemy.orm import Session
 from citeloop.config import Settings
 from citeloop.db import Collection, EvalRun, get_collection
 from citeloop.errors import NotFoundError
+from citeloop.registry import PER_QUERY
 from eval.qa import QuestionRow
 
 # Row fields that are per-question values of a summary metric (the summary's name -> the row's field).
-ROW_METRICS = {"answer_f1": "answer_f1", "answer_contains_reference": "contains_reference"}
+ROW_METRICS = {"answer_f1": "answer_f1", "answer_contains_reference": "contains_reference", "ndcg@10": "ndcg@10"}
+# The per-question value a comparison lists the most-changed questions by: answer runs', else ranking runs'.
+CHANGE_METRICS = ("answer_f1", "ndcg@10")
+RANKING = "ranking"  # config["kind"] of a stored ranking (a reranker gate's evaluation)
 CHANGED_QUESTIONS = 5
 
 
@@ -58,10 +63,41 @@ def questions_sha256(rows: list[QuestionRow]) -> str:
 
 
 def save_run(session: Session, collection: str, questions: str, rows: list[QuestionRow], report: dict, config: dict, created_by: str) -> EvalRunInfo:
+    return _save(
+        session, collection, questions, questions_sha256(rows), report.get("models") or {}, config, report["metrics"],
+        report.get("failures") or {}, report["rows"], created_by,
+    )
+
+
+def rankings_sha256(queries: dict[str, str], qrels: dict[str, dict[str, int]], level: str) -> str:
+    """Digest of the queries ranked and their judgements: two rankings with the same one were scored alike."""
+    payload = [level] + [[q, queries[q], sorted(qrels.get(q, {}).items())] for q in sorted(queries)]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def save_ranking_run(
+    session: Session, collection: str, questions: str, queries: dict[str, str], qrels: dict[str, dict[str, int]], level: str,
+    scores: dict, models: dict, config: dict, created_by: str,
+) -> EvalRunInfo:
+    """One stage's scores of labelled queries (`eval.retrieval.evaluate_collection` with `per_query`) as a stored
+    run: its mean metrics, and a row per query with its nDCG@10, the ids judged relevant and its top 10 as ranked."""
+    per_query, ranked = scores["per_query"], scores.get("ranked", {})
+    rows = [
+        {
+            "id": q, "question": queries[q], "ndcg@10": round(per_query[q], 4),
+            "relevant": sorted(i for i, grade in qrels.get(q, {}).items() if grade > 0), "ranked": ranked.get(q, []),
+        }
+        for q in sorted(per_query)
+    ]
+    metrics = {k: v for k, v in scores.items() if k not in PER_QUERY}
+    judged = {q: queries[q] for q in per_query}
+    return _save(session, collection, questions, rankings_sha256(judged, qrels, level), models, config | {"kind": RANKING, "level": level}, metrics, {}, rows, created_by)
+
+
+def _save(session: Session, collection: str, questions: str, digest: str, models: dict, config: dict, metrics: dict, failures: dict, rows: list[dict], created_by: str) -> EvalRunInfo:
     record = EvalRun(
         id=f"run-{uuid.uuid4().hex[:12]}", collection_id=get_collection(session, collection).id, questions=questions,
-        questions_sha256=questions_sha256(rows), models=report.get("models") or {}, config=config,
-        metrics=report["metrics"], failures=report.get("failures") or {}, rows=report["rows"], created_by=created_by,
+        questions_sha256=digest, models=models, config=config, metrics=metrics, failures=failures, rows=rows, created_by=created_by,
     )
     session.add(record)
     session.flush()
@@ -180,6 +216,10 @@ def _row_value(row: dict, field: str) -> float | None:
     return None if row.get("error") or value is None else float(value)
 
 
+def _given(row: dict) -> str:
+    return row["answer"] if "answer" in row else " ".join(row.get("ranked", []))
+
+
 def compare_runs(a: EvalRunInfo, b: EvalRunInfo) -> dict:
     """B against A, per metric and per question (see the module's docstring)."""
     from citeloop.registry import paired_bootstrap
@@ -200,9 +240,10 @@ def compare_runs(a: EvalRunInfo, b: EvalRunInfo) -> dict:
             mean, low, high = paired_bootstrap({q: per_b[q] for q in paired}, {q: per_a[q] for q in paired})
             entry |= {"paired_questions": len(paired), "mean_paired_difference": round(mean, 4), "ci95": [round(low, 4), round(high, 4)]}
         metrics[name] = entry
+    by = next((m for m in CHANGE_METRICS if any(m in row for row in (*a.rows, *b.rows))), CHANGE_METRICS[0])
     moved = sorted(
-        (q for q in shared if _row_value(rows_a[q], "answer_f1") is not None and _row_value(rows_b[q], "answer_f1") is not None),
-        key=lambda q: -abs(rows_b[q]["answer_f1"] - rows_a[q]["answer_f1"]),
+        (q for q in shared if _row_value(rows_a[q], by) is not None and _row_value(rows_b[q], by) is not None),
+        key=lambda q: -abs(rows_b[q][by] - rows_a[q][by]),
     )
     return {
         "a": {"id": a.id, "models": a.models, "questions_sha256": a.questions_sha256, "judge": a.config.get("judge_model")},
@@ -212,12 +253,14 @@ def compare_runs(a: EvalRunInfo, b: EvalRunInfo) -> dict:
         "same_judge": a.config.get("judge_model") == b.config.get("judge_model"),
         "shared_questions": len(shared),
         "metrics": metrics,
+        "changed_by": by,
         "changed_most": [
             {
-                "id": q, "question": rows_a[q]["question"], "answer_f1": {"a": rows_a[q]["answer_f1"], "b": rows_b[q]["answer_f1"]},
-                "answer": {"a": rows_a[q]["answer"], "b": rows_b[q]["answer"]},
+                "id": q, "question": rows_a[q]["question"], by: {"a": rows_a[q][by], "b": rows_b[q][by]},
+                # What each run gave the question: its answer, or its top 10 as ranked.
+                "answer": {"a": _given(rows_a[q]), "b": _given(rows_b[q])},
             }
             for q in moved[:CHANGED_QUESTIONS]
-            if rows_a[q]["answer_f1"] != rows_b[q]["answer_f1"]
+            if rows_a[q][by] != rows_b[q][by]
         ],
     }

@@ -106,16 +106,22 @@ def trained_queries(version: VersionInfo, settings: Settings) -> set[str]:
 def run_gate(version: VersionInfo, settings: Settings | None = None, show_progress: bool = False) -> GateDecision:
     """The candidate against hybrid retrieval and, when another reranker is active, against it too, on the
     candidate's evaluation queries (for the active one: those of them it never trained on). nDCG@10 gains come
-    with their paired bootstrap interval (CITELOOP_GATE_MIN_CI_LOWER)."""
+    with their paired bootstrap interval (CITELOOP_GATE_MIN_CI_LOWER). Each ranking compared is stored as an eval
+    run (`eval compare`, `eval report` read them), and the decision names them."""
     settings = settings or get_settings()
     target = gate_queries(version, settings)
 
-    def decide(candidate: dict, baseline: dict, name: str) -> GateDecision:
+    def decide(candidate: dict, baseline: dict, name: str, baseline_model: VersionInfo | None) -> GateDecision:
         decision = gate_decision(
             candidate, baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop,
             settings.gate_min_ci_lower if settings.gate_require_ci else None, settings.gate_confidence,
         )
-        return replace(decision, reason=f"{target.name}, {len(candidate.get('per_query', ()))} queries: {decision.reason}")
+        rankings = {"baseline": (name, baseline_model, baseline), "candidate": (version.id, version, candidate)}
+        saved = save_gate_rankings(version, target, rankings, settings)
+        return replace(
+            decision, runs=saved,
+            reason=f"{target.name}, {len(candidate.get('per_query', ()))} queries (eval compare {saved['baseline']} {saved['candidate']}): {decision.reason}",
+        )
 
     def evaluate(stages: list[str], model: VersionInfo, queries: dict[str, str]) -> dict:
         return evaluate_collection(
@@ -131,11 +137,36 @@ def run_gate(version: VersionInfo, settings: Settings | None = None, show_progre
             reason = f"no evaluation query is unseen by both the candidate and {name}: nothing fair to compare on"
             return GateDecision(False, reason, {}, {}, name)
     scores = evaluate(["hybrid", "rerank"], version, target.queries)
-    versus_hybrid = decide(scores["rerank"], scores["hybrid"], "hybrid retrieval")
+    versus_hybrid = decide(scores["rerank"], scores["hybrid"], "hybrid retrieval", None)
     if active is None or active.id == version.id or not versus_hybrid.passed:
         return versus_hybrid
     candidate = scores["rerank"] if len(unseen) == len(target.queries) else evaluate(["rerank"], version, unseen)["rerank"]
-    return decide(candidate, evaluate(["rerank"], active, unseen)["rerank"], name)
+    versus_active = decide(candidate, evaluate(["rerank"], active, unseen)["rerank"], name, active)
+    # Both comparisons' runs stay named: the one against hybrid retrieval passed on the way.
+    return replace(versus_active, runs={"hybrid": versus_hybrid.runs["baseline"], "candidate_versus_hybrid": versus_hybrid.runs["candidate"]} | versus_active.runs)
+
+
+def save_gate_rankings(
+    version: VersionInfo, target: GateQueries, rankings: dict[str, tuple[str, VersionInfo | None, dict]], settings: Settings
+) -> dict[str, str]:
+    """The gate's rankings (role -> (what ranked, its reranker or None for hybrid retrieval, its scores)) stored as
+    eval runs of the evaluation collection, and logged to MLflow when configured; returns role -> run id."""
+    from citeloop.db import session_scope
+    from eval.runs import save_ranking_run, track_run
+    from retrieval.embedder import EMBEDDER_ID
+
+    with session_scope(settings) as session:
+        saved = {
+            role: save_ranking_run(
+                session, target.collection, f"gate queries of {version.id}: {target.name}", target.queries, target.qrels, target.level,
+                scores, {"embedder": EMBEDDER_ID, "reranker": model.id if model else None},
+                {"gate": version.id, "ranked_by": who}, f"gate:{version.id}",
+            )
+            for role, (who, model, scores) in rankings.items()
+        }
+    for run in saved.values():
+        track_run(run, settings)
+    return {role: run.id for role, run in saved.items()}
 
 
 @dataclass

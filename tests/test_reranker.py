@@ -66,6 +66,40 @@ def test_rerank_stage_reorders_top_n_and_keeps_stage_scores(trained, tiny_beir):
     assert set(metrics) == {"hybrid", "rerank"} and 0 <= metrics["rerank"]["ndcg@10"] <= 1
 
 
+def test_a_gates_rankings_are_stored_runs_that_compare_and_report_per_query(trained, tmp_path):
+    from citeloop.db import session_scope
+    from eval.report import render_report
+    from eval.runs import compare_runs, get_run, list_runs
+
+    settings, report = trained
+    reverse_dir = tmp_path / "reverse"
+    shutil.copytree(report.version.path, reverse_dir)
+    ScoreCombiner.only("fused_rank", -1.0).save(reverse_dir / COMBINER_FILE)
+    reverse = register_candidate(reverse_dir, report.version.collection, "reranker", "r" * 64, report.version.params, {}, settings=settings)
+    decision = run_gate(reverse, settings)
+    assert f"eval compare {decision.runs['baseline']} {decision.runs['candidate']}" in decision.reason
+    with session_scope(settings) as session:
+        hybrid, candidate = get_run(session, decision.runs["baseline"]), get_run(session, decision.runs["candidate"])
+        listed = {run.id for run in list_runs(session, {hybrid.collection})}
+    assert {hybrid.id, candidate.id} <= listed
+    assert hybrid.models["reranker"] is None and candidate.models["reranker"] == reverse.id
+    assert candidate.config["kind"] == "ranking" and candidate.created_by == f"gate:{reverse.id}"
+    assert hybrid.questions_sha256 == candidate.questions_sha256
+    # The stored rows are the decision's figures: each query's nDCG@10 averages to the gated mean.
+    assert candidate.metrics["ndcg@10"] == decision.candidate["ndcg@10"] and "per_query" not in candidate.metrics
+    rows = candidate.rows
+    assert len(rows) == candidate.metrics["queries"] and all(len(r["ranked"]) <= 10 and r["relevant"] for r in rows)
+    assert sum(r["ndcg@10"] for r in rows) / len(rows) == pytest.approx(decision.candidate["ndcg@10"], abs=1e-3)
+    # Reversing the fused order moves relevant documents down: the comparison finds the queries that fell.
+    comparison = compare_runs(hybrid, candidate)
+    ndcg = comparison["metrics"]["ndcg@10"]
+    assert ndcg["paired_questions"] == len(rows) and ndcg["ci95"][0] <= ndcg["mean_paired_difference"] <= ndcg["ci95"][1]
+    assert comparison["changed_by"] == "ndcg@10" and comparison["changed_most"]
+    assert all(q["ndcg@10"]["b"] != q["ndcg@10"]["a"] for q in comparison["changed_most"])
+    page = render_report(candidate, hybrid)
+    assert "Worst-ranked queries" in page and "Worst-answered" not in page and rows[0]["ranked"][0] in page
+
+
 def test_gate_refuses_a_worse_candidate_and_promotion_and_rollback_switch_versions(trained, tmp_path):
     settings, report = trained
     collection = report.version.collection
