@@ -21,6 +21,7 @@ from api.asgi import HttpMiddleware
 from api.schemas import ErrorResponse
 from citeloop.errors import NotFoundError
 from citeloop.registry import CorruptArtifactError, RegistryError
+from eval.labels import LabelError
 from feedback.evalsets import EvalSetError
 from feedback.jobs import JobConflict, JobError
 from feedback.store import InvalidFeedback
@@ -49,6 +50,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     QuestionError: (400, "invalid_question"),
     InvalidFeedback: (400, "invalid_request"),
     EvalSetError: (400, "invalid_request"),
+    LabelError: (400, "invalid_request"),
     TrainingSetError: (422, "insufficient_training_data"),
     JobError: (400, "invalid_request"),
     JobConflict: (409, "conflict"),  # a job of that kind unfinished for the collection, or the job finished

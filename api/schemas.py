@@ -329,8 +329,8 @@ class PromoteRequest(Strict):
 
 
 class EvalRunOut(BaseModel):
-    """A stored `eval qa` run: what was asked (the questions' file and digest), by which models, with which
-    settings, and its metrics (ragas failures per metric beside them)."""
+    """A stored `eval qa` run, or a gate's ranking: what was asked (the questions' file and digest), by which models,
+    with which settings, and its metrics (ragas failures per metric beside them)."""
 
     id: str
     collection: str
@@ -345,4 +345,36 @@ class EvalRunOut(BaseModel):
 
 
 class EvalRunDetailOut(EvalRunOut):
-    rows: list[dict[str, Any]]  # one per question: the answer, citations, contexts and each metric's value
+    rows: list[dict[str, Any]]  # one per question: the answer, citations, contexts and each metric's value (a ranking: its nDCG@10 and top 10)
+
+
+class EvalLabelIn(Strict):
+    id: str = Field(min_length=1, max_length=256, description="The question's id in the run's rows.")
+    metric: str = Field(min_length=1, max_length=64, description="A metric the run scored per question, e.g. faithfulness.")
+    label: Literal[0, 1] = Field(description="1: the answer deserves the metric (faithfulness: supported by its contexts); 0: it does not.")
+
+
+class EvalLabelsRequest(Strict):
+    labels: list[EvalLabelIn] = Field(min_length=1, max_length=10_000)
+
+    def by_metric(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for item in self.labels:
+            out.setdefault(item.metric, {})[item.id] = item.label
+        return out
+
+
+class EvalLabelsOut(BaseModel):
+    run_id: str
+    labelled: dict[str, int] = Field(description="The run's labelled questions per metric, these labels included.")
+
+
+class EvalCalibrationOut(BaseModel):
+    """Each labelled metric's judge mean corrected by the curators' labels (prediction-powered inference)."""
+
+    run_id: str
+    labelled: dict[str, int]
+    calibrated: dict[str, dict[str, Any] | None] = Field(
+        description="metric -> judge_mean, estimate, ci95, classical (the labels alone), n_labelled, excluded, agreement "
+        "(accuracy, cohen_kappa); null where fewer than 2 labelled answers have a judge score."
+    )

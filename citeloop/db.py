@@ -264,8 +264,9 @@ class EvalSet(Base):
 
 
 class EvalRun(Base):
-    """One `eval qa` run: the questions asked (their file and digest), the models that answered, the settings,
-    and what came out (metrics, per-question rows). Read by `eval runs`, `eval compare` and `GET /v1/evals`."""
+    """One `eval qa` run, or a gate's ranking of its queries: the questions asked (their file and digest), the models
+    that answered or ranked, the settings, and what came out (metrics, per-question rows). Read by `eval runs`,
+    `eval compare` and `GET /v1/evals`."""
 
     __tablename__ = "eval_runs"
 
@@ -278,6 +279,21 @@ class EvalRun(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     failures: Mapped[dict[str, Any]] = mapped_column(JSON)  # ragas metric -> rows it failed on
     rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalLabel(Base):
+    """A curator's 0/1 label of one answer of a stored run under one metric it scored per question (eval/labels.py)."""
+
+    __tablename__ = "eval_labels"
+    __table_args__ = (UniqueConstraint("run_id", "row_id", "metric", name="uq_eval_labels_run_row_metric"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    row_id: Mapped[str] = mapped_column(String(256))  # the question's id in the run's rows
+    metric: Mapped[str] = mapped_column(String(64))
+    label: Mapped[int] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

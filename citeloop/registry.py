@@ -297,7 +297,7 @@ class GateDecision:
     ci_low: float | None = None
     ci_high: float | None = None
     confidence: float | None = None
-    # The stored evaluation runs the decision was made on (eval_runs ids), where the gate answered questions.
+    # The stored evaluation runs the decision was made on (eval_runs ids): the answers or rankings compared.
     runs: dict[str, str] | None = None
 
 

@@ -1,8 +1,9 @@
 """Evaluation commands: `eval qa` (answer quality), `eval retrieval` (ranking quality per stage), `eval
 feedback-loop` (the replay harnesses: what feedback buys the reranker, or the generator), `eval reward` (the
 reward model on experts' preferences), `eval dpo` (a DPO adapter trained on experts' preferences), `eval judge`
-(a ragas judge against experts' labels), and the history of `eval qa` runs: `eval runs`, `eval compare`, `eval
-calibrate` (judged metrics corrected by curators' labels), `eval report`."""
+(a ragas judge against experts' labels), and the history of `eval qa` runs and gates' rankings: `eval runs`, `eval
+compare`, `eval label` (curators' labels of a run's answers), `eval calibrate` (judged metrics corrected by those
+labels), `eval report`."""
 
 from __future__ import annotations
 
@@ -401,7 +402,7 @@ def eval_runs(
 ) -> None:
     """Stored `eval qa` runs and reranker gates' rankings, newest first: questions, models and headline metrics."""
     from citeloop.db import session_scope
-    from eval.runs import list_runs
+    from eval.runs import RANKING, list_runs
 
     with session_scope() as session:
         runs = list_runs(session, {collection} if collection else None, limit)
@@ -409,7 +410,8 @@ def eval_runs(
     for run in runs:
         m = run.metrics
         table.add_row(
-            run.id, run.created_at.strftime("%Y-%m-%d %H:%M"), run.collection, f"{Path(run.questions).name} ({m.get('n', m.get('queries'))})",
+            run.id, run.created_at.strftime("%Y-%m-%d %H:%M"), run.collection,
+            f"{run.questions if run.config.get('kind') == RANKING else Path(run.questions).name} ({m.get('n', m.get('queries'))})",
             str(run.models.get("generator", "-")), str(run.models.get("reranker") or "-"), _figure(m.get("answer_f1")),
             _figure(m.get("citation_precision")), _figure(m.get("decline_rate_answerable")), _figure(m.get("ndcg@10")),
         )
@@ -424,7 +426,8 @@ def eval_compare(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the comparison here.")] = None,
 ) -> None:
     """B against A: each metric's difference, with a paired bootstrap 95% interval over the questions both runs
-    answered where the metric has a value per question, and the questions whose answer F1 moved most."""
+    answered where the metric has a value per question, and the questions whose answer F1 (a ranking's nDCG@10)
+    moved most."""
     from citeloop.db import session_scope
     from eval.runs import compare_runs, get_run
 
@@ -450,23 +453,34 @@ def eval_compare(
 @reports_errors(ValueError)
 def eval_calibrate(
     run_id: Annotated[str, typer.Argument(help="The stored run whose judged metrics are calibrated.")],
-    labels: Annotated[Path, typer.Option("--labels", help="JSONL rows {id, METRIC: 0|1, ...}: curators' labels of some of the run's answers.")],
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="JSONL rows {id, METRIC: 0|1, ...}: curators' labels of some of the run's answers (default: those stored with the run).")
+    ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the calibrated metrics here.")] = None,
 ) -> None:
     """Each judged metric the curators labelled, corrected by the judge's measured error on their labels
     (prediction-powered inference): the judge's mean, the calibrated estimate with its 95% interval, the interval of
     the labels alone, and the judge's agreement with the curators (accuracy, Cohen's kappa). The labelled answers
     must be a random sample of the run's for the interval to hold."""
+    from citeloop.db import session_scope
     from eval.calibration import calibrate_run, read_labels
+    from eval.labels import run_labels
 
     run = _stored_run(run_id)
-    curated = read_labels(labels)
+    if labels is None:
+        with session_scope() as session:
+            curated = run_labels(session, run_id)
+        if not curated:
+            fail(f"run {run_id} has no stored labels: add some (citeloop eval label {run_id} FILE, POST /v1/evals/{run_id}/labels) or give --labels FILE")
+    else:
+        curated = read_labels(labels)
     calibrated = calibrate_run(run.rows, set(run.failures), curated)
     questions = {str(r["id"]) for r in run.rows}
     for metric, by_id in curated.items():
         if unmatched := sorted(set(by_id) - questions):
             console.print(f"{len(unmatched)} {metric} label(s) name no question of {run_id}, e.g. {', '.join(unmatched[:3])}", style="yellow", markup=False)
-    table = Table("metric", "judge", "calibrated", "95% CI", "labels alone", "labelled", "accuracy", "Cohen's kappa", title=f"{run_id}: calibrated by {labels.name}")
+    source = labels.name if labels else "the stored labels"
+    table = Table("metric", "judge", "calibrated", "95% CI", "labels alone", "labelled", "accuracy", "Cohen's kappa", title=f"{run_id}: calibrated by {source}")
     for metric, c in calibrated.items():
         if c is None:
             table.add_row(metric, _figure(run.metrics.get(metric)), "too few labelled answers with a judge score (2 needed)", "", "", "", "", "")
@@ -479,7 +493,26 @@ def eval_calibrate(
         )
     console.print(table)
     if json_out:
-        _write_json(json_out, {"run_id": run_id, "labels": str(labels), "calibrated": calibrated})
+        _write_json(json_out, {"run_id": run_id, "labels": str(labels) if labels else "stored", "calibrated": calibrated})
+
+
+@eval_app.command("label")
+@reports_errors(ValueError)
+def eval_label(
+    run_id: Annotated[str, typer.Argument(help="The stored run whose answers were labelled.")],
+    labels: Annotated[Path, typer.Argument(help="JSONL rows {id, METRIC: 0|1, ...}: curators' labels of some of its answers.")],
+) -> None:
+    """Store curators' labels of a run's answers with the run (`eval calibrate RUN` then reads them); a label of a
+    question and metric already labelled replaces the earlier one. All are stored, or none."""
+    from citeloop.db import session_scope
+    from eval.calibration import read_labels
+    from eval.labels import add_labels
+
+    curated = read_labels(labels)
+    run = _stored_run(run_id)
+    with session_scope() as session:
+        labelled = add_labels(session, run, curated, "cli")
+    console.print(f"run {run_id}: labelled " + ", ".join(f"{metric} {n}" for metric, n in labelled.items()), markup=False)
 
 
 @eval_app.command("report")

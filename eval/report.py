@@ -1,4 +1,4 @@
-"""An `eval qa` run as one self-contained HTML page that opens offline: summary cards, each per-question metric's
+"""A stored run as one self-contained HTML page that opens offline: summary cards, each per-question metric's
 distribution, the retrieval stages side by side, the run against a baseline run (each metric's difference with
 its paired 95% interval), and the worst-answered questions with their answer, citations and contexts side by side
 (of a reranker gate's ranking: the worst-ranked queries with their relevant ids and top 10).
@@ -84,7 +84,7 @@ th { background: #f1f4f9; } td.num { text-align: right; font-variant-numeric: ta
 {% endif %}
 
 {% if ranking %}<h2>Worst-ranked queries</h2>
-<p class="note">The queries with the lowest nDCG@10, with the {{ run.config.level }} ids judged relevant and the top 10 as ranked (relevant ones marked).</p>
+<p class="note">The queries with the lowest nDCG@10, with the ids judged relevant and {% if run.config.level == "judged" %}the judged chunks in the order ranked (the ranking condensed to them){% else %}the top 10 {{ run.config.level }} ids as ranked{% endif %} (relevant ones marked).</p>
 <table class="worst" id="worst"><tr><th>query</th><th>judged relevant</th><th>top 10 as ranked</th></tr>
 {% for row in worst %}<tr><td><b>{{ row.question }}</b><div class="note">{{ row.id }} · nDCG@10 {{ fmt(row["ndcg@10"]) }}</div></td>
 <td>{% for id in row.relevant %}<div class="context">{{ id }}</div>{% endfor %}</td>

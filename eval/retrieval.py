@@ -52,12 +52,14 @@ def ensure_eval_collection(directory: Path, settings: Settings | None = None, sh
 
 
 def ranking(chunks, depth: int, level: str = "doc") -> dict[str, float]:
-    """Chunk results -> a run of `depth` ids: chunk ids as ranked, or documents, each at its best chunk's score."""
+    """Chunk results (best first) -> a run of `depth` ids: chunk ids as ranked, or documents at their best chunk's
+    place. Each id is scored 1/rank: ranx re-sorts a run by score, and fused scores tie often (a document ranked
+    (i, j) by the two retrievers ties one ranked (j, i)), so the order scored is the order retrieved."""
     run: dict[str, float] = {}
     for chunk in chunks:
         key = chunk.doc_id if level == "doc" else chunk.chunk_id
         if key not in run:
-            run[key] = chunk.score
+            run[key] = 1.0 / (len(run) + 1)
             if len(run) == depth:
                 break
     return run

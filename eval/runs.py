@@ -84,7 +84,7 @@ def save_ranking_run(
     per_query, ranked = scores["per_query"], scores.get("ranked", {})
     rows = [
         {
-            "id": q, "question": queries[q], "ndcg@10": round(per_query[q], 4),
+            "id": q, "question": queries[q], "ndcg@10": per_query[q],  # unrounded: `eval compare` redoes the gate's interval
             "relevant": sorted(i for i, grade in qrels.get(q, {}).items() if grade > 0), "ranked": ranked.get(q, []),
         }
         for q in sorted(per_query)

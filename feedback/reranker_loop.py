@@ -111,13 +111,16 @@ def run_gate(version: VersionInfo, settings: Settings | None = None, show_progre
     settings = settings or get_settings()
     target = gate_queries(version, settings)
 
-    def decide(candidate: dict, baseline: dict, name: str, baseline_model: VersionInfo | None) -> GateDecision:
+    def decide(
+        candidate: dict, baseline: dict, name: str, baseline_model: VersionInfo | None, queries: str, candidate_run: str | None = None
+    ) -> GateDecision:
+        """`candidate_run`: the candidate's ranking of these queries, already stored."""
         decision = gate_decision(
             candidate, baseline, name, settings.gate_min_ndcg_gain, settings.gate_max_recall_drop,
             settings.gate_min_ci_lower if settings.gate_require_ci else None, settings.gate_confidence,
         )
-        rankings = {"baseline": (name, baseline_model, baseline), "candidate": (version.id, version, candidate)}
-        saved = save_gate_rankings(version, target, rankings, settings)
+        rankings = {"baseline": (name, baseline_model, baseline)} | ({} if candidate_run else {"candidate": (version.id, version, candidate)})
+        saved = save_gate_rankings(version, target, queries, rankings, settings) | ({"candidate": candidate_run} if candidate_run else {})
         return replace(
             decision, runs=saved,
             reason=f"{target.name}, {len(candidate.get('per_query', ()))} queries (eval compare {saved['baseline']} {saved['candidate']}): {decision.reason}",
@@ -137,17 +140,21 @@ def run_gate(version: VersionInfo, settings: Settings | None = None, show_progre
             reason = f"no evaluation query is unseen by both the candidate and {name}: nothing fair to compare on"
             return GateDecision(False, reason, {}, {}, name)
     scores = evaluate(["hybrid", "rerank"], version, target.queries)
-    versus_hybrid = decide(scores["rerank"], scores["hybrid"], "hybrid retrieval", None)
+    asked = f"gate queries of {version.id}: {target.name}"
+    versus_hybrid = decide(scores["rerank"], scores["hybrid"], "hybrid retrieval", None, asked)
     if active is None or active.id == version.id or not versus_hybrid.passed:
         return versus_hybrid
-    candidate = scores["rerank"] if len(unseen) == len(target.queries) else evaluate(["rerank"], version, unseen)["rerank"]
-    versus_active = decide(candidate, evaluate(["rerank"], active, unseen)["rerank"], name, active)
+    if len(unseen) == len(target.queries):
+        versus_active = decide(scores["rerank"], evaluate(["rerank"], active, unseen)["rerank"], name, active, asked, versus_hybrid.runs["candidate"])
+    else:
+        candidate = evaluate(["rerank"], version, unseen)["rerank"]
+        versus_active = decide(candidate, evaluate(["rerank"], active, unseen)["rerank"], name, active, f"{asked}, those {name} never trained on")
     # Both comparisons' runs stay named: the one against hybrid retrieval passed on the way.
     return replace(versus_active, runs={"hybrid": versus_hybrid.runs["baseline"], "candidate_versus_hybrid": versus_hybrid.runs["candidate"]} | versus_active.runs)
 
 
 def save_gate_rankings(
-    version: VersionInfo, target: GateQueries, rankings: dict[str, tuple[str, VersionInfo | None, dict]], settings: Settings
+    version: VersionInfo, target: GateQueries, questions: str, rankings: dict[str, tuple[str, VersionInfo | None, dict]], settings: Settings
 ) -> dict[str, str]:
     """The gate's rankings (role -> (what ranked, its reranker or None for hybrid retrieval, its scores)) stored as
     eval runs of the evaluation collection, and logged to MLflow when configured; returns role -> run id."""
@@ -158,7 +165,7 @@ def save_gate_rankings(
     with session_scope(settings) as session:
         saved = {
             role: save_ranking_run(
-                session, target.collection, f"gate queries of {version.id}: {target.name}", target.queries, target.qrels, target.level,
+                session, target.collection, questions, target.queries, target.qrels, target.level,
                 scores, {"embedder": EMBEDDER_ID, "reranker": model.id if model else None},
                 {"gate": version.id, "ranked_by": who}, f"gate:{version.id}",
             )

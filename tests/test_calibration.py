@@ -218,9 +218,71 @@ def test_eval_calibrate_corrects_a_stored_runs_judged_metric_by_curators_labels(
     assert calibrated["n_labelled"] == 4 and calibrated["excluded"] == 1 and calibrated["judge_error"] == pytest.approx(0.25)
     assert calibrated["agreement"]["accuracy"] == 0.75
 
+    # Stored with the run, the same labels calibrate it without a file.
+    stored = run_cli("eval", "label", run.id, str(labels), data_dir=sqlite_settings.data_dir)
+    assert stored.returncode == 0 and f"run {run.id}: labelled faithfulness 5" in stored.stdout, stored.stderr
+    again = run_cli("eval", "calibrate", run.id, "--json", str(out), data_dir=sqlite_settings.data_dir)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(out.read_text())["calibrated"]["faithfulness"]["estimate"] == pytest.approx(expected["estimate"])
+
     labels.write_text('{"id": "q0", "faithfulness": 1}\n{"id": "q1", "faithfulness": 0.5}\n')
     bad = run_cli("eval", "calibrate", run.id, "--labels", str(labels), data_dir=sqlite_settings.data_dir)
     assert (bad.returncode, bad.stderr) == (1, f"error: {labels}:2: 'faithfulness' must be 0 or 1, not 0.5\n")
     labels.write_text('{"id": "q0", "relevance": 1}\n')
     other = run_cli("eval", "calibrate", run.id, "--labels", str(labels), data_dir=sqlite_settings.data_dir)
     assert (other.returncode, other.stderr) == (1, "error: labels of metric(s) the run did not score per question: relevance (it has: faithfulness)\n")
+
+
+def _judged_run(settings):
+    from citeloop.db import session_scope
+    from eval.qa import QuestionRow
+    from eval.runs import save_run
+    from retrieval.ingest import get_or_create_collection
+
+    questions = [QuestionRow(f"q{i}", f"Question {i}?", ["A."]) for i in range(8)]
+    rows = [{"id": q.id, "question": q.question, "answer": "A.", "faithfulness": v} for q, v in zip(questions, [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0])]
+    with session_scope(settings) as session:
+        for name in ("docs", "other"):
+            get_or_create_collection(session, name)
+        return save_run(session, "docs", "q.jsonl", questions, {"metrics": {"faithfulness": 0.625}, "rows": rows, "failures": {"faithfulness": 0}}, {}, "cli")
+
+
+@pytest.mark.slow
+def test_curators_label_a_runs_answers_over_http_and_the_labels_calibrate_it(settings):
+    import httpx
+
+    from citeloop.keys import create_key
+    from eval.calibration import calibrate_rows
+    from tests.test_api_in_process import served
+
+    run = _judged_run(settings)
+    curator = create_key("curator", "curator", ["docs"], settings)
+    outsider = create_key("outsider", "curator", ["other"], settings)
+    reader = create_key("reader", "reader", ["docs"], settings)
+    with served(settings) as (base, _app, _loop):
+        def post(key, labels):
+            return httpx.post(f"{base}/v1/evals/{run.id}/labels", json={"labels": labels}, headers={"Authorization": f"Bearer {key}"})
+
+        first = post(curator, [{"id": "q0", "metric": "faithfulness", "label": 1}, {"id": "q1", "metric": "faithfulness", "label": 1}])
+        assert first.status_code == 200 and first.json() == {"run_id": run.id, "labelled": {"faithfulness": 2}}
+        # A later label of the same answer replaces the earlier one; q1's judge score 0 was right after all.
+        second = post(curator, [{"id": "q1", "metric": "faithfulness", "label": 0}, {"id": "q2", "metric": "faithfulness", "label": 0}])
+        assert second.json()["labelled"] == {"faithfulness": 3}
+        # Bad labels are refused whole: nothing of the request is stored.
+        unknown = post(curator, [{"id": "q3", "metric": "faithfulness", "label": 1}, {"id": "q99", "metric": "faithfulness", "label": 1}])
+        assert unknown.status_code == 400 and "no question 'q99'" in unknown.json()["error"]["message"]
+        other_metric = post(curator, [{"id": "q3", "metric": "answer_relevancy", "label": 1}])
+        assert other_metric.status_code == 400 and "did not score 'answer_relevancy'" in other_metric.json()["error"]["message"]
+        assert post(curator, [{"id": "q3", "metric": "faithfulness", "label": 2}]).status_code == 422
+        assert post(reader, [{"id": "q3", "metric": "faithfulness", "label": 1}]).status_code == 403
+        hidden = post(outsider, [{"id": "q3", "metric": "faithfulness", "label": 1}])
+        assert hidden.status_code == 404 and f"no evaluation run '{run.id}'" in hidden.text
+
+        calibration = httpx.get(f"{base}/v1/evals/{run.id}/calibration", headers={"Authorization": f"Bearer {reader}"}).json()
+    assert calibration["labelled"] == {"faithfulness": 3}
+    expected = calibrate_rows(
+        [{"id": f"q{i}", "faithfulness": v} for i, v in enumerate([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0])], "faithfulness", {"q0": 1, "q1": 0, "q2": 0}
+    )
+    got = calibration["calibrated"]["faithfulness"]
+    assert got["estimate"] == pytest.approx(expected["estimate"]) and got["n_labelled"] == 3
+    assert got["agreement"]["accuracy"] == pytest.approx(2 / 3)  # the judge called q2 supported
