@@ -147,3 +147,17 @@ class Client:
 
     def rollback(self, version_id: str) -> dict | None:
         return self._call("POST", f"/v1/models/{version_id}/rollback")
+
+    # evaluation runs
+    def evals(self, collection: str | None = None, limit: int = 50) -> list[dict]:
+        return self._call("GET", "/v1/evals", params={"limit": limit} | ({"collection": collection} if collection else {}))
+
+    def eval_run(self, run_id: str) -> dict:
+        return self._call("GET", f"/v1/evals/{run_id}")
+
+    def label_answers(self, run_id: str, labels: list[dict]) -> dict:
+        """`labels`: [{"id": question id, "metric": "faithfulness", "label": 0 | 1}, ...]."""
+        return self._call("POST", f"/v1/evals/{run_id}/labels", json={"labels": labels})
+
+    def calibration(self, run_id: str) -> dict:
+        return self._call("GET", f"/v1/evals/{run_id}/calibration")

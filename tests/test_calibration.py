@@ -251,6 +251,7 @@ def _judged_run(settings):
 def test_curators_label_a_runs_answers_over_http_and_the_labels_calibrate_it(settings):
     import httpx
 
+    from api.client import CiteloopError, Client
     from citeloop.keys import create_key
     from eval.calibration import calibrate_rows
     from tests.test_api_in_process import served
@@ -278,7 +279,11 @@ def test_curators_label_a_runs_answers_over_http_and_the_labels_calibrate_it(set
         hidden = post(outsider, [{"id": "q3", "metric": "faithfulness", "label": 1}])
         assert hidden.status_code == 404 and f"no evaluation run '{run.id}'" in hidden.text
 
-        calibration = httpx.get(f"{base}/v1/evals/{run.id}/calibration", headers={"Authorization": f"Bearer {reader}"}).json()
+        with Client(base, reader) as client:  # the Python client reads what curators labelled
+            assert client.eval_run(run.id)["rows"][2]["faithfulness"] == 1.0
+            calibration = client.calibration(run.id)
+        with Client(base, curator) as client, pytest.raises(CiteloopError, match="no question 'q99'"):
+            client.label_answers(run.id, [{"id": "q99", "metric": "faithfulness", "label": 1}])
     assert calibration["labelled"] == {"faithfulness": 3}
     expected = calibrate_rows(
         [{"id": f"q{i}", "faithfulness": v} for i, v in enumerate([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0])], "faithfulness", {"q0": 1, "q1": 0, "q2": 0}
