@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 CollectionName = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 Scalar = str | int | float | bool
@@ -351,11 +351,20 @@ class EvalRunDetailOut(EvalRunOut):
 class EvalLabelIn(Strict):
     id: str = Field(min_length=1, max_length=256, description="The question's id in the run's rows.")
     metric: str = Field(min_length=1, max_length=64, description="A metric the run scored per question, e.g. faithfulness.")
-    label: Literal[0, 1] = Field(description="1: the answer deserves the metric (faithfulness: supported by its contexts); 0: it does not.")
+    label: StrictInt = Field(ge=0, le=1, description="1: the answer deserves the metric (faithfulness: supported by its contexts); 0: it does not.")
 
 
 class EvalLabelsRequest(Strict):
     labels: list[EvalLabelIn] = Field(min_length=1, max_length=10_000)
+
+    @model_validator(mode="after")
+    def one_label_per_answer_and_metric(self) -> EvalLabelsRequest:
+        seen = set()
+        for item in self.labels:
+            if (item.id, item.metric) in seen:
+                raise ValueError(f"'{item.id}' is labelled twice under '{item.metric}'")
+            seen.add((item.id, item.metric))
+        return self
 
     def by_metric(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -376,5 +385,5 @@ class EvalCalibrationOut(BaseModel):
     labelled: dict[str, int]
     calibrated: dict[str, dict[str, Any] | None] = Field(
         description="metric -> judge_mean, estimate, ci95, classical (the labels alone), n_labelled, excluded, agreement "
-        "(accuracy, cohen_kappa); null where fewer than 2 labelled answers have a judge score."
+        "(accuracy, cohen_kappa); null where fewer than 2 labelled answers have a judge score, or no unlabelled one has."
     )

@@ -483,7 +483,7 @@ def eval_calibrate(
     table = Table("metric", "judge", "calibrated", "95% CI", "labels alone", "labelled", "accuracy", "Cohen's kappa", title=f"{run_id}: calibrated by {source}")
     for metric, c in calibrated.items():
         if c is None:
-            table.add_row(metric, _figure(run.metrics.get(metric)), "too few labelled answers with a judge score (2 needed)", "", "", "", "", "")
+            table.add_row(metric, _figure(run.metrics.get(metric)), "not calibrated: fewer than 2 labelled answers with a judge score, or none unlabelled", "", "", "", "", "")
             continue
         a = c["agreement"]
         table.add_row(

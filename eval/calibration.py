@@ -134,13 +134,13 @@ def calibrate_rows(rows: list[dict], metric: str, labels: dict[str, float]) -> d
     A row is labelled when its id is in `labels`; labels of ids not among the rows are ignored. None when fewer
     than 2 labelled rows have a value, or no row with a value is unlabelled (there is nothing to calibrate then).
     """
-    scored = [row for row in rows if row[metric] is not None]
-    labelled = [row for row in scored if row["id"] in labels]
-    unlabelled = [row[metric] for row in scored if row["id"] not in labels]
+    scored = [row for row in rows if row.get(metric) is not None]
+    labelled = [row for row in scored if str(row["id"]) in labels]
+    unlabelled = [row[metric] for row in scored if str(row["id"]) not in labels]
     if len(labelled) < 2 or not unlabelled:
         return None
     judge = [row[metric] for row in labelled]
-    human = [labels[row["id"]] for row in labelled]
+    human = [labels[str(row["id"])] for row in labelled]
     return calibrated_mean(unlabelled, judge, human) | {"agreement": agreement(judge, human), "excluded": len(rows) - len(scored)}
 
 
@@ -159,7 +159,7 @@ def read_labels(path: Path) -> dict[str, dict[str, int]]:
         for metric, label in raw.items():
             if metric == "id":
                 continue
-            if label not in (0, 1):
+            if type(label) is not int or label not in (0, 1):  # not true/false, not 1.0
                 raise ValueError(f"{path}:{lineno}: '{metric}' must be 0 or 1, not {label!r}")
             labels.setdefault(metric, {})[str(raw["id"])] = int(label)
     if not labels:

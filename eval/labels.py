@@ -5,6 +5,7 @@ stands. `eval calibrate` and `GET /v1/evals/{id}/calibration` correct the judge'
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from citeloop.db import EvalLabel
@@ -27,18 +28,25 @@ def add_labels(session: Session, run: EvalRunInfo, labels: dict[str, dict[str, i
         for question, label in by_id.items():
             if question not in questions:
                 raise LabelError(f"run {run.id} has no question '{question}'")
-            if label not in (0, 1) or isinstance(label, bool):
+            if type(label) is not int or label not in (0, 1):
                 raise LabelError(f"the label of '{question}' under '{metric}' must be 0 or 1, not {label!r}")
-    stored = {(r.row_id, r.metric): r for r in session.scalars(select(EvalLabel).where(EvalLabel.run_id == run.id))}
-    for metric, by_id in labels.items():
-        for question, label in by_id.items():
-            record = stored.get((question, metric))
-            if record is None:
-                session.add(EvalLabel(run_id=run.id, row_id=question, metric=metric, label=label, created_by=created_by))
-            else:
-                record.label, record.created_by = label, created_by
-    session.flush()
+    try:
+        _write(session, run.id, labels, created_by)
+    except IntegrityError:  # another curator inserted one of these labels meanwhile: theirs is now updated
+        _write(session, run.id, labels, created_by)
     return {metric: len(by_id) for metric, by_id in run_labels(session, run.id).items()}
+
+
+def _write(session: Session, run_id: str, labels: dict[str, dict[str, int]], created_by: str) -> None:
+    with session.begin_nested():
+        stored = {(r.row_id, r.metric): r for r in session.scalars(select(EvalLabel).where(EvalLabel.run_id == run_id))}
+        for metric, by_id in labels.items():
+            for question, label in by_id.items():
+                record = stored.get((question, metric))
+                if record is None:
+                    session.add(EvalLabel(run_id=run_id, row_id=question, metric=metric, label=label, created_by=created_by))
+                else:
+                    record.label, record.created_by = label, created_by
 
 
 def run_labels(session: Session, run_id: str) -> dict[str, dict[str, int]]:

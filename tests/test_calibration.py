@@ -225,6 +225,9 @@ def test_eval_calibrate_corrects_a_stored_runs_judged_metric_by_curators_labels(
     assert again.returncode == 0, again.stderr
     assert json.loads(out.read_text())["calibrated"]["faithfulness"]["estimate"] == pytest.approx(expected["estimate"])
 
+    labels.write_text('{"id": "q0", "faithfulness": true}\n')
+    boolean = run_cli("eval", "label", run.id, str(labels), data_dir=sqlite_settings.data_dir)
+    assert (boolean.returncode, boolean.stderr) == (1, f"error: {labels}:1: 'faithfulness' must be 0 or 1, not True\n")
     labels.write_text('{"id": "q0", "faithfulness": 1}\n{"id": "q1", "faithfulness": 0.5}\n')
     bad = run_cli("eval", "calibrate", run.id, "--labels", str(labels), data_dir=sqlite_settings.data_dir)
     assert (bad.returncode, bad.stderr) == (1, f"error: {labels}:2: 'faithfulness' must be 0 or 1, not 0.5\n")
@@ -275,6 +278,9 @@ def test_curators_label_a_runs_answers_over_http_and_the_labels_calibrate_it(set
         other_metric = post(curator, [{"id": "q3", "metric": "answer_relevancy", "label": 1}])
         assert other_metric.status_code == 400 and "did not score 'answer_relevancy'" in other_metric.json()["error"]["message"]
         assert post(curator, [{"id": "q3", "metric": "faithfulness", "label": 2}]).status_code == 422
+        assert post(curator, [{"id": "q3", "metric": "faithfulness", "label": True}]).status_code == 422
+        twice = post(curator, [{"id": "q3", "metric": "faithfulness", "label": 1}, {"id": "q3", "metric": "faithfulness", "label": 0}])
+        assert twice.status_code == 422 and "labelled twice" in twice.text
         assert post(reader, [{"id": "q3", "metric": "faithfulness", "label": 1}]).status_code == 403
         hidden = post(outsider, [{"id": "q3", "metric": "faithfulness", "label": 1}])
         assert hidden.status_code == 404 and f"no evaluation run '{run.id}'" in hidden.text
