@@ -305,6 +305,11 @@ class GateDecision:
 PER_QUERY = ("per_query", "ranked")
 
 
+def summary(scores: dict) -> dict:
+    """A stage's mean metrics, without its per-query entries."""
+    return {k: v for k, v in scores.items() if k not in PER_QUERY}
+
+
 def paired_bootstrap(candidate: dict[str, float], baseline: dict[str, float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Mean per-query difference candidate - baseline over their shared queries, with its paired bootstrap
     confidence interval (scipy.stats.bootstrap, BCa, 9,999 resamples of the queries)."""
@@ -338,7 +343,7 @@ def gate_decision(
     when both carry per-query nDCG@10 (`per_query`) and `min_ci_lower` is set, whose gain's paired bootstrap
     interval lies above `min_ci_lower`: a lucky split of a few queries does not promote."""
     per_query = candidate.get("per_query"), baseline.get("per_query")
-    candidate, baseline = ({k: v for k, v in scores.items() if k not in PER_QUERY} for scores in (candidate, baseline))
+    candidate, baseline = summary(candidate), summary(baseline)
     gain = candidate["ndcg@10"] - baseline["ndcg@10"]
     drop = baseline["recall@100"] - candidate["recall@100"]
     ci: dict = {"gain": round(gain, 4)}

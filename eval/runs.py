@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from citeloop.config import Settings
 from citeloop.db import Collection, EvalRun, get_collection
 from citeloop.errors import NotFoundError
-from citeloop.registry import PER_QUERY
+from citeloop.registry import summary
 from eval.qa import QuestionRow
 
 # Row fields that are per-question values of a summary metric (the summary's name -> the row's field).
@@ -89,7 +89,7 @@ def save_ranking_run(
         }
         for q in sorted(per_query)
     ]
-    metrics = {k: v for k, v in scores.items() if k not in PER_QUERY}
+    metrics = summary(scores)
     judged = {q: queries[q] for q in per_query}
     return _save(session, collection, questions, rankings_sha256(judged, qrels, level), models, config | {"kind": RANKING, "level": level}, metrics, {}, rows, created_by)
 
